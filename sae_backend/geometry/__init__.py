@@ -1,0 +1,1 @@
+"""Geometry of dictionaries: exact blocked nearest neighbours, matching, summary statistics."""
