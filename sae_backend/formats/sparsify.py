@@ -1,0 +1,146 @@
+"""EleutherAI sparsify folders (github.com/EleutherAI/sparsify): `cfg.json` + `sae.safetensors`.
+
+One folder per hookpoint (`layers.6`, `layers.6.mlp`, ...), the folder name is the hookpoint;
+a run folder holding several is resolved with LoadOptions.position (SRC#layers.6).
+Weights: `W_dec` [num_latents, d_in] and `encoder.weight` [num_latents, d_in], both feature rows
+already. cfg: `d_in`, `num_latents` (0 means d_in * `expansion_factor`), `k`, ... Tensors are
+often bf16: safetensors hands them to us through torch and they arrive as float32.
+The run folder's `config.json` (the training config) names the model under `model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..dictionary import RawSAE
+from . import LoadOptions
+from ._io import (
+    bias_length,
+    fail,
+    feature_rows,
+    json_safe,
+    layer_from,
+    load_safetensors,
+    matrix,
+    pick_subfolder,
+    read_json,
+    require_keys,
+    safetensors_header,
+    safetensors_keys,
+)
+
+NAME = "sparsify"
+
+WEIGHTS = "sae.safetensors"
+CONFIG = "cfg.json"
+RUN_CONFIG = "config.json"
+
+
+def detect(path: Path) -> bool:
+    """A folder with sae.safetensors (or hookpoint subfolders with one), or a sparsify file."""
+    if path.is_dir():
+        return (path / WEIGHTS).is_file() or any((p / WEIGHTS).is_file() for p in path.iterdir())
+    if path.name == WEIGHTS:
+        return True
+    if path.suffix == ".safetensors":
+        keys = safetensors_keys(path) or set()
+        return {"W_dec", "encoder.weight"} <= keys
+    return False
+
+
+def read(path: Path, opts: LoadOptions) -> RawSAE:
+    if path.is_dir():
+        folder, chosen = pick_subfolder(path, WEIGHTS, opts.position)
+        weights = folder / WEIGHTS
+    else:
+        folder, chosen, weights = path.parent, None, path
+    cfg_path = folder / CONFIG
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
+    d_in = _int(cfg, "d_in", cfg_path)
+    n = _int(cfg, "num_latents", cfg_path) or None
+    factor = _int(cfg, "expansion_factor", cfg_path)
+    if n is None and d_in is not None and factor:
+        n = d_in * factor
+
+    header = safetensors_header(weights)
+    require_keys(header, ["W_dec", "encoder.weight"], weights)
+    arrays = load_safetensors(weights, ["W_dec", "encoder.weight", "b_dec"])
+    d = d_in if d_in is not None else bias_length(arrays, ["b_dec"])
+    dec = feature_rows(
+        matrix(arrays["W_dec"], weights, "W_dec"),
+        weights,
+        "W_dec",
+        axes=("num_latents", "d_in"),
+        feature_axis=0,
+        d=d,
+        n=n,
+        why=_why(d_in, d, n),
+    )
+    meta = _meta(cfg, folder, chosen, dec, header)
+    enc = None
+    if cfg.get("transcode"):
+        meta["encoder_omitted"] = "transcoder: encoder reads a different space than W_dec writes"
+    else:
+        enc = feature_rows(
+            matrix(arrays["encoder.weight"], weights, "encoder.weight"),
+            weights,
+            "encoder.weight",
+            axes=("num_latents", "d_in"),
+            feature_axis=0,
+            d=dec.shape[1],
+            n=dec.shape[0],
+            why=f"W_dec of shape {list(dec.shape)}",
+        )
+    return RawSAE(decoder=dec, encoder=enc, meta=meta)
+
+
+def _why(d_in: int | None, d: int | None, n: int | None) -> str:
+    """Where the expected sizes came from, for error messages."""
+    parts = [f"d_in={d_in} in {CONFIG}" if d_in is not None else None]
+    if d_in is None and d is not None:
+        parts.append(f"b_dec of length {d}")
+    if n is not None:
+        parts.append(f"num_latents={n} per {CONFIG}")
+    return ", ".join(p for p in parts if p)
+
+
+def _int(cfg: dict[str, Any], key: str, path: Path) -> int | None:
+    v = cfg.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise fail(path, f"{key} is {v!r}, expected a non-negative integer")
+    return v
+
+
+def _meta(
+    cfg: dict[str, Any],
+    folder: Path,
+    chosen: str | None,
+    dec: np.ndarray,
+    header: dict[str, tuple[list[int], str]],
+) -> dict[str, Any]:
+    hook = chosen or (folder.name if layer_from(folder.name) is not None else None)
+    run_cfg_path = folder.parent / RUN_CONFIG
+    model = None
+    if run_cfg_path.is_file():
+        model = read_json(run_cfg_path).get("model")
+    meta = {
+        "model_name": model if isinstance(model, str) else None,
+        "hook": hook,
+        "layer": layer_from(hook),
+        "architecture": cfg.get("activation", "topk") if cfg else None,
+        "d_in": int(dec.shape[1]),
+        "d_sae": int(dec.shape[0]),
+        "k": cfg.get("k"),
+        "expansion_factor": cfg.get("expansion_factor"),
+        "normalize_decoder": cfg.get("normalize_decoder"),
+        "multi_topk": cfg.get("multi_topk"),
+        "skip_connection": cfg.get("skip_connection"),
+        "transcode": cfg.get("transcode"),
+        "stored_dtype": header["W_dec"][1],
+    }
+    return {k: json_safe(v) for k, v in meta.items() if v is not None}
