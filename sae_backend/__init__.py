@@ -2,3 +2,7 @@
 
 Never imports streamlit: the dashboard, the CLI and the tests all read the same objects.
 """
+
+from .loader import load
+
+__all__ = ["load"]

@@ -1,0 +1,105 @@
+"""`load(uri) -> Dictionary`: the one entry point from a source string to a validated dictionary.
+
+    parse_uri -> sources.resolve (local files) -> formats.read_sae (RawSAE) -> what the source
+    knows (alive indices, metadata) -> Dictionary.from_raw (validation, normalisation)
+
+Every expected failure is an SAEError with one line. A reader that trips over malformed input
+with a low-level exception (KeyError, ValueError, OSError, zipfile/pickle errors, ...) is
+turned into a FormatError naming the file; TypeError, AttributeError and the like are left
+alone, because they mean a bug in our code, not in the user's file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import sources
+from .dictionary import Dictionary, RawSAE
+from .errors import FormatError, InputError, SAEError
+from .formats import LoadOptions, read_sae
+from .formats._io import one_line
+from .sources import Progress
+from .uri import parse_uri
+
+# Exceptions that malformed input can raise from deep inside numpy/torch/yaml/zipfile.
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    KeyError,
+    ValueError,  # includes UnicodeDecodeError, json.JSONDecodeError
+    RuntimeError,
+    OSError,
+    EOFError,
+    IndexError,
+    OverflowError,
+    zipfile.BadZipFile,
+    pickle.UnpicklingError,
+)
+
+
+def load(
+    uri: str,
+    *,
+    position: str | None = None,
+    orientation: str | None = None,
+    key: str | None = None,
+    format: str | None = None,
+    progress: Progress | None = None,
+) -> Dictionary:
+    """Load the SAE dictionary named by `uri` (a local path or wandb:/hf:/saelens: URI).
+
+    position:    which SAE in a file holding several (also `uri#POSITION`); dots or hyphens.
+    orientation: for plain matrices only: "rows" ([n_features, d_model]) or "columns".
+    key:         which array of a plain file holding several.
+    format:      force a reader by name (see `sae_backend.formats.format_names()`).
+    progress:    progress(done, total, what) callback for downloads.
+    Raises an SAEError subclass (one-line message) for every expected problem.
+    """
+    if orientation is not None and orientation not in ("rows", "columns"):
+        raise InputError(
+            f"orientation must be 'rows' ([n_features, d_model]) or 'columns' "
+            f"([d_model, n_features]), got {orientation!r}"
+        )
+    ref = parse_uri(uri)
+    resolved = sources.resolve(ref, progress)
+    opts = LoadOptions(
+        position=position or ref.position or resolved.position,
+        orientation=orientation,
+        key=key,
+    )
+    raw, name = _read(resolved.path, opts, format)
+    if resolved.alive_indices is not None:
+        raw.alive = _alive_mask(resolved.alive_indices, raw.decoder.shape[0], str(ref))
+        raw.meta["alive_from"] = resolved.meta.get("alive_from", f"{ref.scheme} source")
+    raw.meta.update({k: v for k, v in resolved.meta.items() if k != "alive_from"})
+    return Dictionary.from_raw(raw, source=str(ref), format=name)
+
+
+def _read(path: Path, opts: LoadOptions, format: str | None) -> tuple[RawSAE, str]:
+    """read_sae with low-level data errors turned into one FormatError line naming `path`."""
+    try:
+        return read_sae(path, opts, format)
+    except SAEError:
+        raise
+    except _DATA_ERRORS as e:
+        reason = one_line(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, 200)
+        raise FormatError(f"{path}: not a readable SAE file ({reason})") from e
+
+
+def _alive_mask(indices: list[int], n: int, source: str) -> np.ndarray:
+    """[n] bool mask from the alive feature indices a source reported."""
+    idx = np.asarray(indices)
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise FormatError(f"{source}: alive feature indices must be integers, got {idx.dtype}")
+    idx = idx.astype(np.int64).reshape(-1)
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.size:
+        raise FormatError(
+            f"{source}: alive feature index {int(bad[0])} is out of range for {n} features "
+            f"({bad.size} such indices)"
+        )
+    mask = np.zeros(n, dtype=bool)
+    mask[idx] = True
+    return mask
