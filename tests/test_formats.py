@@ -557,3 +557,23 @@ def test_resolved_position_is_used_when_uri_has_none(tmp_path: Path, monkeypatch
 def test_missing_path_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SAEError, match="no such file or folder"):
         load(str(tmp_path / "nothing.pt"))
+
+
+@pytest.mark.parametrize(
+    ("text", "layer"),
+    [
+        ("blocks.6.hook_resid_pre", 6),
+        ("blocks-10-hook_resid_pre", 10),
+        ("layers.11.mlp", 11),
+        ("gpt_neox.layers.3", 3),
+        ("transformer.h.4.mlp", 4),
+        ("/data/h100/gemma-scope/layer_20/width_16k/average_l0_71", 20),  # last match wins
+        ("/x/resid_post_layer_4/trainer_2/ae", 4),
+        ("players_3", None),
+        ("/tmp/pytest-19/sae", None),
+    ],
+)
+def test_layer_from_names(text: str, layer: int | None) -> None:
+    from sae_backend.formats._io import layer_from
+
+    assert layer_from(text) == layer

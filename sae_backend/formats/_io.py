@@ -20,6 +20,7 @@ import json
 import pickle
 import pickletools
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -267,17 +268,20 @@ def json_safe(value: Any) -> Any:
 
 
 def is_array(value: Any) -> bool:
-    """True for numpy arrays and torch tensors (without importing torch)."""
-    return isinstance(value, np.ndarray) or type(value).__module__.startswith("torch")
+    """True for numpy arrays and torch tensors (never imports torch itself)."""
+    return isinstance(value, np.ndarray) or _is_tensor(value)
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def to_numpy(value: Any, path: Path, key: str) -> np.ndarray:
     """A float numpy array from a tensor or array; non-float dtypes are a FormatError."""
     if isinstance(value, np.ndarray):
         arr = value
-    elif type(value).__name__ in ("Tensor", "Parameter") and type(value).__module__.startswith(
-        "torch"
-    ):
+    elif _is_tensor(value):
         arr = _torch_to_numpy(value, path, key)
     else:
         raise fail(path, f"{key} is a {type(value).__name__}, expected a tensor")
@@ -395,15 +399,18 @@ def bias_length(state: Mapping[str, Any], keys: Iterable[str]) -> int | None:
 # ----------------------------------------------------------------------------- names & paths
 
 
-_LAYER = re.compile(r"(?:^|[^a-z])(?:blocks?|layers?|h)[._-]?(\d+)(?![0-9])", re.I)
+_LAYER = re.compile(r"(?:^|[^a-z])(?:(?:blocks?|layers?)[._-]?|h\.)(\d+)(?![0-9])", re.I)
 
 
 def layer_from(text: str | None) -> int | None:
-    """Layer index from a hook or path: blocks.6.hook_resid_pre, layers.6, layer_6 -> 6."""
+    """Layer index from a hook or path: blocks.6.hook_resid_pre, layers.6, layer_6, h.6 -> 6.
+
+    In a path the last match wins (the part nearest the file is the most specific).
+    """
     if not text:
         return None
-    m = _LAYER.search(str(text))
-    return int(m.group(1)) if m else None
+    found = _LAYER.findall(str(text))
+    return int(found[-1]) if found else None
 
 
 def _require_file(path: Path) -> None:

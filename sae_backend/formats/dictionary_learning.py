@@ -153,7 +153,7 @@ def _meta(
     hook = trainer.get("submodule_name")
     layer = trainer.get("layer")
     if not isinstance(layer, int) or isinstance(layer, bool):
-        layer = layer_from(hook) if hook else layer_from(str(file.parent))
+        layer = layer_from(hook) if hook else layer_from(str(file.with_suffix("")))
     meta = {
         "model_name": trainer.get("lm_name"),
         "hook": hook,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..dictionary import RawSAE
+from ..errors import FormatError
 from . import LoadOptions
 from ._io import (
     bias_length,
@@ -127,7 +128,10 @@ def _meta(
     run_cfg_path = folder.parent / RUN_CONFIG
     model = None
     if run_cfg_path.is_file():
-        model = read_json(run_cfg_path).get("model")
+        try:  # optional metadata: an unrelated or broken config.json up there is no reason to fail
+            model = read_json(run_cfg_path).get("model")
+        except FormatError:
+            model = None
     meta = {
         "model_name": model if isinstance(model, str) else None,
         "hook": hook,
