@@ -1,16 +1,42 @@
 """Exact top-k cosine neighbours between two sets of unit directions, in blocks.
 
-No n_a x n_b matrix is ever held: rows of A are processed in blocks against all of B.
-(Placeholder fp32 path; the fast exact bf16 path lands next with the same signature.)
+No n_a x n_b matrix is ever held: rows of A are processed in blocks against all of B, so
+memory is O(block_rows x n_b) whatever the sizes.
+
+Two exact paths, chosen per device (`precision="auto"`) by what is fastest there:
+
+* "fp32": score blocks in float32 (TF32 off) and take the top-k directly.
+* "bf16": score blocks with bf16 inputs (2-4x faster on GPUs and on CPUs with bf16 units),
+  then re-score in float32 every candidate that could be in the true top-k. Which ones could
+  is decided by a rigorous bound on the bf16 error (below), so the result is the same as the
+  float32 path's: every reported value is an exact float32 dot product, and no true top-k
+  neighbour is ever missed. Rows whose candidates do not fit the fixed candidate budget fall
+  back to the float32 path, so the guarantee holds for any data.
+
+The bound. For unit-ish rows a, b with bf16 roundings a', b' (errors e_a = a - a', e_b = b - b'):
+    |a.b - a'.b'| <= |a| |e_b| + |e_a| |b'|                          (Cauchy-Schwarz)
+plus float32 accumulation (<= d * 2^-22 * |a'| |b'|, generous for tensor cores) and the final
+rounding of the score to bf16 (<= 2^-8 |score| relative). With the per-row |e_a| and the
+largest |e_b| this gives, per row i, a bound delta_i + u |s~| on every score's error. If t is
+the k-th largest approximate score of the row, the true k-th largest is >= t - u|t| - delta_i,
+so any true top-k neighbour j has s~_j + u|s~_j| >= t - u|t| - 2 delta_i: these are the
+candidates. Candidates are found without sorting whole rows: rows are cut into groups of
+`GROUP` columns, the best groups by their maximum are kept, and only their entries compete.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+GROUP = 64  # columns per group when shortlisting candidates from a bf16 score block
+_U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
+_SMALL_PAIRS = 2**24  # below this many pairs "auto" takes the float32 path
+_U_ACC = 2.0**-22  # float32 accumulation, with margin for tensor-core accumulation order
 
 
 class TopK(NamedTuple):
@@ -24,39 +50,285 @@ class TopK(NamedTuple):
     indices: np.ndarray
 
 
+def pick_device(device: str = "auto") -> torch.device:
+    """CUDA when present, then MPS, else CPU (or exactly what `device` names)."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_PRECISION_CHOICE: dict[str, str] = {}
+
+
+def pick_precision(device: torch.device) -> str:
+    """The fastest exact path for this device: "bf16" (candidates + re-score) or "fp32".
+
+    GPUs with tensor cores always gain from bf16; on CPUs it depends on the hardware
+    (bf16 units or not), so time one small product of each kind once per process.
+    """
+    key = str(device)
+    if key not in _PRECISION_CHOICE:
+        if device.type == "cuda":
+            choice = "bf16"
+        elif device.type == "cpu":
+            choice = "bf16" if _cpu_bf16_speedup() > 2.0 else "fp32"
+        else:
+            choice = "fp32"
+        _PRECISION_CHOICE[key] = choice
+    return _PRECISION_CHOICE[key]
+
+
+def _cpu_bf16_speedup() -> float:
+    """How many times faster a bf16 matmul is than fp32 here (best of a few short runs)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(512, 768, generator=g)
+    b = torch.randn(768, 4096, generator=g)
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            x @ y
+            best = min(best, time.perf_counter() - t0)
+        timings[dtype] = best
+    return timings[torch.float32] / timings[torch.bfloat16]
+
+
 def topk_cosine(
-    a: np.ndarray,
-    b: np.ndarray | None = None,
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor | None = None,
     k: int = 1,
     *,
     device: str = "auto",
     precision: str = "auto",
     block_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    info: dict | None = None,
 ) -> TopK:
-    """Top-k cosine neighbours of each row of `a` [n_a, d] among rows of `b` [n_b, d].
+    """Top-k cosine neighbours of each row of `a` [n_a, d] among the rows of `b` [n_b, d].
 
-    Rows must already be unit norm (Dictionary rows are). `b=None` compares `a` with itself
-    and excludes each row's own index. Results equal a float64 reference to ~1e-6.
+    Rows must already be unit norm or zero (Dictionary rows are). `b=None` compares `a` with
+    itself and excludes each row's own index. Values are float32 dot products, equal to a
+    float64 reference within ~1e-6; ties are broken towards the lower index.
+    `precision` is "auto", "bf16" or "fp32"; `info`, if given, receives what was done
+    (path, device, rows that fell back to fp32).
     """
     self_mode = b is None
-    b = a if b is None else b
-    n_a, n_b = a.shape[0], b.shape[0]
+    dev = pick_device(device)
+    ta = _to_device(a, dev)
+    tb = ta if self_mode else _to_device(b, dev)
+    if ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
+        raise ValueError(f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not share d")
+    n_a, n_b = ta.shape[0], tb.shape[0]
     limit = n_b - 1 if self_mode else n_b
     if not 1 <= k <= limit:
-        raise ValueError(f"k={k} must be between 1 and {limit}")
-    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
-    bm = block_rows or 1024
-    values = np.empty((n_a, k), np.float32)
-    indices = np.empty((n_a, k), np.int64)
-    for r0 in range(0, n_a, bm):
-        r1 = min(n_a, r0 + bm)
-        s = ta[r0:r1] @ tb.T
-        if self_mode:
-            s[torch.arange(r1 - r0), torch.arange(r0, r1)] = -torch.inf
-        v, i = torch.topk(s, k, dim=1)
-        values[r0:r1], indices[r0:r1] = v.numpy(), i.numpy()
-        if progress:
-            progress(r1, n_a)
-    return TopK(values, indices)
+        raise ValueError(f"k={k} must be between 1 and {limit} (the number of targets)")
+    if precision == "auto":
+        # small problems: float32 is fast enough and needs no timing of the hardware
+        precision = "fp32" if n_a * n_b < _SMALL_PAIRS else pick_precision(dev)
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {precision!r}")
+
+    bm = block_rows or _default_block_rows(dev, n_b)
+    values = torch.empty((n_a, k), dtype=torch.float32)
+    indices = torch.empty((n_a, k), dtype=torch.int64)
+    run = _Bf16Scorer(tb, k) if precision == "bf16" else None
+    fallback_rows = 0
+    with _no_tf32():
+        for r0 in range(0, n_a, bm):
+            r1 = min(n_a, r0 + bm)
+            self_offset = r0 if self_mode else None
+            if run is None:
+                v, i = _exact_block(ta[r0:r1], tb, k, self_offset)
+            else:
+                v, i, n_fb = run.block(ta[r0:r1], self_offset)
+                fallback_rows += n_fb
+            values[r0:r1] = v.cpu()
+            indices[r0:r1] = i.cpu()
+            if progress is not None:
+                progress(r1, n_a)
+    if info is not None:
+        info.update(path=precision, device=str(dev), block_rows=bm, fallback_rows=fallback_rows)
+    return TopK(values.numpy(), indices.numpy())
+
+
+def _to_device(x: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    return t.to(device=dev, dtype=torch.float32).contiguous()
+
+
+def _default_block_rows(dev: torch.device, n_b: int) -> int:
+    """Rows per block so one score block stays ~96 MB on CPU and ~1 GB on a GPU."""
+    budget = 2**30 if dev.type == "cuda" else 96 * 2**20
+    rows = budget // max(1, 4 * n_b)
+    return int(max(64, min(16384, rows)))
+
+
+class _no_tf32:
+    """Keep CUDA matmuls exact for our bounds while inside: float32 in true float32 (no TF32)
+    and bf16 products accumulated in float32 (no reduced-precision split-K reductions)."""
+
+    def __enter__(self):
+        m = torch.backends.cuda.matmul
+        self.saved = (m.allow_tf32, m.allow_bf16_reduced_precision_reduction)
+        m.allow_tf32 = False
+        m.allow_bf16_reduced_precision_reduction = False
+
+    def __exit__(self, *exc):
+        m = torch.backends.cuda.matmul
+        m.allow_tf32, m.allow_bf16_reduced_precision_reduction = self.saved
+
+
+def _mask_self(s: torch.Tensor, self_offset: int | None) -> None:
+    """Set the diagonal of a self-comparison block (rows r0.. vs all) to -inf, in place."""
+    if self_offset is not None:
+        rows = torch.arange(s.shape[0], device=s.device)
+        s[rows, rows + self_offset] = -torch.inf
+
+
+def _select(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of candidate (value, index) pairs per row: value descending, then index ascending."""
+    order = torch.argsort(idx, dim=1, stable=True)
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
+    return vals.gather(1, order), idx.gather(1, order)
+
+
+def _exact_block(
+    a: torch.Tensor, b: torch.Tensor, k: int, self_offset: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 top-k of rows `a` [m, d] against all of `b` [n_b, d]."""
+    s = a @ b.T
+    _mask_self(s, self_offset)
+    kk = min(s.shape[1], k + 8)  # a few spare for deterministic tie-breaking
+    v, i = torch.topk(s, kk, dim=1)
+    return _select(v, i, k)
+
+
+# re-score gather buffer, in float32 elements: small on CPU (cache-friendly), large on GPUs
+# (few launches); 16 MB and 1 GB
+_GATHER_FLOATS = {"cpu": 4 * 2**20, "cuda": 2**28}
+
+
+class _Buffers:
+    """Reused scratch tensors: fresh large allocations per block cost page faults on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.flat = device, {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = int(np.prod(shape))
+        buf = self.flat.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self.flat[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+
+class _Bf16Scorer:
+    """bf16 shortlisting + float32 re-scoring against a fixed B (see the module docstring)."""
+
+    def __init__(self, b: torch.Tensor, k: int):
+        n_b, d = b.shape
+        self.b, self.k, self.n_b = b, k, n_b
+        self.n_groups = -(-n_b // GROUP)
+        pad = self.n_groups * GROUP - n_b
+        b16 = b.to(torch.bfloat16)
+        if pad:
+            b16 = torch.cat([b16, b16.new_zeros(pad, d)])
+        self.b16_t = b16.T.contiguous()
+        b16f = b16[:n_b].float()
+        self.err_b_max = float((b - b16f).norm(dim=1).max())
+        self.norm_b16_max = float(b16f.norm(dim=1).max())
+        self.gamma = d * _U_ACC
+        # groups kept per row (random data needs ~2k + 10); rows needing more fall back
+        self.n_keep_groups = min(self.n_groups, max(k, int(np.ceil(2.5 * k)) + 24))
+        self.max_pairs = 4 * k + 64  # candidates re-scored per row before falling back
+        self.buf = _Buffers(b.device)
+
+    def block(
+        self, a: torch.Tensor, self_offset: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Top-k of rows `a` [m, d]; returns values, indices [m, k] and the fallback count."""
+        k, m, dev = self.k, a.shape[0], a.device
+        a16 = a.to(torch.bfloat16)
+        s = torch.mm(a16, self.b16_t, out=self.buf.get("s", (m, self.b16_t.shape[1]), a16.dtype))
+        if s.shape[1] > self.n_b:
+            s[:, self.n_b :] = -torch.inf
+        _mask_self(s, self_offset)
+        groups = s.view(m, self.n_groups, GROUP)
+        gval, gidx = torch.topk(groups.amax(dim=2), self.n_keep_groups, dim=1)
+        kept = groups[torch.arange(m, device=dev)[:, None], gidx]  # [m, groups kept, GROUP]
+        # k scores are >= t (the maxima of the k best groups, or with fewer groups than k the
+        # k best scores), so the true k-th best score is >= t - u|t| - delta: every true
+        # top-k neighbour scores >= tau here
+        if k <= self.n_keep_groups:
+            t = gval[:, k - 1].float()
+        else:
+            t = torch.topk(kept.reshape(m, -1), k, dim=1).values[:, k - 1].float()
+        y = t - _U_BF16 * t.abs() - 2 * self._delta(a, a16)
+        tau = torch.where(y >= 0, y / (1 + _U_BF16), y / (1 - _U_BF16)) - 1e-6
+        complete = gval[:, -1].float() < tau if self.n_keep_groups < self.n_groups else None
+        del s, groups
+        mask = kept >= tau[:, None, None]
+        counts = mask.sum(dim=(1, 2))
+        ok = counts <= self.max_pairs
+        complete = ok if complete is None else complete & ok
+        mask &= complete[:, None, None]
+        # pack each row's candidates to the left of a [m, width] table, then re-score them
+        # exactly in float32 (one batched matrix-vector product; padding is masked after)
+        counts = torch.where(complete, counts, 0)
+        width = max(int(counts.max()) if m else 0, k)
+        rows, gpos, off = mask.nonzero(as_tuple=True)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(rows.numel(), device=dev) - starts[rows]
+        idx = torch.zeros((m, width), dtype=torch.int64, device=dev)
+        idx[rows, pos] = gidx[rows, gpos] * GROUP + off
+        exact = self._rescore(a, idx)
+        vals = torch.where(torch.arange(width, device=dev) < counts[:, None], exact, -torch.inf)
+        v, i = _select(vals, idx, k)
+        bad = (~complete).nonzero().squeeze(1)
+        if bad.numel():
+            off_rows = None if self_offset is None else bad + self_offset
+            v[bad], i[bad] = self._exact_rows(a[bad], off_rows)
+        return v, i, int(bad.numel())
+
+    def _rescore(self, a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """[m, w] exact float32 a_i . b_idx[i, j], gathering B rows a chunk of rows at a time."""
+        m, w = idx.shape
+        d = a.shape[1]
+        out = torch.empty((m, w), dtype=torch.float32, device=a.device)
+        step = max(1, _GATHER_FLOATS.get(a.device.type, 2**24) // (w * d))
+        for r0 in range(0, m, step):
+            r1 = min(m, r0 + step)
+            rows = self.buf.get("gather", ((r1 - r0) * w, d), torch.float32)
+            torch.index_select(self.b, 0, idx[r0:r1].reshape(-1), out=rows)
+            torch.bmm(rows.view(r1 - r0, w, d), a[r0:r1].unsqueeze(2), out=out[r0:r1].unsqueeze(2))
+        return out
+
+    def _delta(self, a: torch.Tensor, a16: torch.Tensor) -> torch.Tensor:
+        """[m] bound on |a.b - a'.b'| plus accumulation error, for every b in B."""
+        a16f = a16.float()
+        err_a = (a - a16f).norm(dim=1)
+        bound = (
+            a.norm(dim=1) * self.err_b_max
+            + err_a * self.norm_b16_max
+            + self.gamma * a16f.norm(dim=1) * self.norm_b16_max
+        )
+        return bound * (1 + 1e-4) + 1e-7
+
+    def _exact_rows(
+        self, a: torch.Tensor, self_rows: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 top-k of the rows whose candidates overflowed; self_rows = their own indices."""
+        s = a @ self.b.T
+        if self_rows is not None:
+            s[torch.arange(a.shape[0], device=a.device), self_rows] = -torch.inf
+        v, i = torch.topk(s, min(s.shape[1], self.k + 8), dim=1)
+        return _select(v, i, self.k)
