@@ -88,7 +88,7 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
     ratio = (cfg.get("saes") or {}).get("dict_size_to_input_ratio")
     n = int(ratio * d) if isinstance(ratio, int | float) and d is not None else None
     why = "decoder.bias length" + (
-        f" and dict_size_to_input_ratio={ratio} in {CONFIG}" if n else ""
+        f" and dict_size_to_input_ratio={ratio} in {cfg_path.name}" if n and cfg_path else ""
     )
     dec = feature_rows(
         matrix(sub[dec_key], ckpt, full + dec_key),
