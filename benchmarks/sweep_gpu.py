@@ -19,9 +19,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(46080, 768, generator=g), dim=1).cuda()
     b = torch.nn.functional.normalize(torch.randn(46080, 768, generator=g), dim=1).cuda()
-    for k in (1, 10, 100):
-        for group in (32, 64, 128):
-            for rows in (4096, 8192, 16384):
+    ks = [int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "1,10,100").split(",")]
+    groups = [int(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "32,64,128").split(",")]
+    rows_list = [
+        int(x) for x in (sys.argv[3] if len(sys.argv) > 3 else "4096,8192,16384").split(",")
+    ]
+    for k in ks:
+        for group in groups:
+            for rows in rows_list:
                 topk.GROUP = group
                 info: dict = {}
 

@@ -131,3 +131,19 @@ def test_k_out_of_range():
         topk_cosine(a, None, 10)
     with pytest.raises(ValueError, match="do not share d"):
         topk_cosine(a, a[:, :4], 1)
+
+
+def test_bf16_moderate_clusters_are_rescored_without_fallback():
+    """Clusters of 40 near-duplicates: far more candidates than k, fewer than the fallback
+    limit, so the re-scoring table itself must carry them all, exactly."""
+    rng = np.random.default_rng(6)
+    centre = rng.standard_normal((6, 64))
+    b = unit(np.repeat(centre, 40, axis=0) + 2e-3 * rng.standard_normal((240, 64)))
+    b = np.concatenate([b, unit(rng.standard_normal((2000, 64)))])
+    a = unit(centre + 2e-3 * rng.standard_normal((6, 64)))
+    info: dict = {}
+    res = topk_cosine(a, b, 10, device=DEVICE, precision="bf16", info=info)
+    assert info["fallback_rows"] == 0
+    assert_matches_reference(res, a, b, 10)
+    # every neighbour of a cluster centre is one of its own 40 copies
+    assert np.all(res.indices // 40 == np.arange(6)[:, None])

@@ -165,8 +165,9 @@ def _to_device(x: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Tensor:
 
 
 def _default_block_rows(dev: torch.device, n_b: int) -> int:
-    """Rows per block so one score block stays ~96 MB on CPU and ~1 GB on a GPU."""
-    budget = 2**30 if dev.type == "cuda" else 96 * 2**20
+    """Rows per block: float32-sized score blocks of ~96 MB on CPU, ~3 GB on a GPU (where
+    bf16 blocks of ~16k rows ran fastest on an H100; see docs/benchmarks.md)."""
+    budget = 3 * 2**30 if dev.type == "cuda" else 96 * 2**20
     rows = budget // max(1, 4 * n_b)
     return int(max(64, min(16384, rows)))
 
@@ -238,12 +239,16 @@ class _Bf16Scorer:
         n_b, d = b.shape
         self.b, self.k, self.n_b = b, k, n_b
         self.n_groups = -(-n_b // GROUP)
-        pad = self.n_groups * GROUP - n_b
+        self.pad = self.n_groups * GROUP - n_b
         b16 = b.to(torch.bfloat16)
-        if pad:
-            b16 = torch.cat([b16, b16.new_zeros(pad, d)])
-        self.b16_t = b16.T.contiguous()
+        if self.pad:
+            b16 = torch.cat([b16, b16.new_zeros(self.pad, d)])
+        # strided layout: group j holds B rows j*GROUP .. j*GROUP+GROUP-1, and member r of
+        # group j sits in score column r*n_groups + j, so group maxima reduce over an outer
+        # axis (contiguous, fast) instead of 64-wide inner runs
+        self.b16_t = b16.view(self.n_groups, GROUP, d).transpose(0, 1).reshape(-1, d).T.contiguous()
         b16f = b16[:n_b].float()
+        del b16
         self.err_b_max = float((b - b16f).norm(dim=1).max())
         self.norm_b16_max = float(b16f.norm(dim=1).max())
         self.gamma = d * _U_ACC
@@ -259,12 +264,15 @@ class _Bf16Scorer:
         k, m, dev = self.k, a.shape[0], a.device
         a16 = a.to(torch.bfloat16)
         s = torch.mm(a16, self.b16_t, out=self.buf.get("s", (m, self.b16_t.shape[1]), a16.dtype))
-        if s.shape[1] > self.n_b:
-            s[:, self.n_b :] = -torch.inf
-        _mask_self(s, self_offset)
-        groups = s.view(m, self.n_groups, GROUP)
-        gval, gidx = torch.topk(groups.amax(dim=2), self.n_keep_groups, dim=1)
-        kept = groups[torch.arange(m, device=dev)[:, None], gidx]  # [m, groups kept, GROUP]
+        groups = s.view(m, GROUP, self.n_groups)  # [m, member r, group j] = score vs B[j*GROUP + r]
+        if self.pad:
+            groups[:, GROUP - self.pad :, -1] = -torch.inf
+        if self_offset is not None:
+            own = torch.arange(self_offset, self_offset + m, device=dev)
+            groups[torch.arange(m, device=dev), own % GROUP, own // GROUP] = -torch.inf
+        gval, gidx = torch.topk(groups.amax(dim=1), self.n_keep_groups, dim=1)
+        index = gidx.unsqueeze(1).expand(m, GROUP, self.n_keep_groups)
+        kept = torch.gather(groups, 2, index)  # [m, GROUP, groups kept]
         # k scores are >= t (the maxima of the k best groups, or with fewer groups than k the
         # k best scores), so the true k-th best score is >= t - u|t| - delta: every true
         # top-k neighbour scores >= tau here
@@ -285,7 +293,7 @@ class _Bf16Scorer:
         # exactly in float32 (one batched matrix-vector product; padding is masked after)
         counts = torch.where(complete, counts, 0)
         width = max(int(counts.max()) if m else 0, k)
-        rows, gpos, off = mask.nonzero(as_tuple=True)
+        rows, off, gpos = mask.nonzero(as_tuple=True)
         starts = torch.cumsum(counts, 0) - counts
         pos = torch.arange(rows.numel(), device=dev) - starts[rows]
         idx = torch.zeros((m, width), dtype=torch.int64, device=dev)
