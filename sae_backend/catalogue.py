@@ -144,7 +144,9 @@ def load_catalogue(path: Path) -> Catalogue:
     try:
         return _build(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise FormatError(f"{path}: malformed SAE catalogue ({type(exc).__name__}: {exc})") from None
+        raise FormatError(
+            f"{path}: malformed SAE catalogue ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _build(data: dict[str, Any]) -> Catalogue:

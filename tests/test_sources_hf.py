@@ -37,6 +37,7 @@ from sae_backend.uri import parse_uri
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APOLLO = "apollo-research/e2e-saes-gpt2"
 NP_SCE = "neuronpedia/gpt2-small__res_sce-ajt"
+POS_HF = "blocks.6.hook_resid_pre"
 
 
 def _commit(tag: str) -> str:
@@ -536,3 +537,59 @@ def test_saelens_reads_installed_pretrained_yaml_without_importing_it(hub, tmp_p
     assert r2.path.name == "6-res_sce-ajt"
     msg = _expect_error("saelens:other/x", "unknown SAELens release")
     assert "1 releases of the installed sae_lens" in msg
+
+
+# ----------------------------------------------------------------------------- through load()
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_load_end_to_end(hf_env, tmp_path, monkeypatch):
+    """hf: and saelens: URIs -> Dictionary, against files written like the real libraries do."""
+    loader = pytest.importorskip("sae_backend.loader")
+    import numpy as np
+    from factories import planted, unit_rows, write_e2e_hf, write_saelens
+
+    from sae_backend.sources import saelens
+
+    monkeypatch.setattr(saelens, "pretrained_yaml_path", lambda: None)
+    e2e, sl = planted(d=6, seed=1), planted(d=6, seed=2)
+    raw = tmp_path / "raw"
+    write_e2e_hf(raw / "e2e_similar_ce_layer_6.pt", e2e.decoder, e2e.encoder, config={"seed": 0})
+    density = np.linspace(0.0, 0.5, 10)
+    write_saelens(
+        raw / "np" / "6-res_sce-ajt",
+        sl.decoder,
+        sl.encoder,
+        hook=POS_HF,
+        neuronpedia_id="gpt2-small/6-res_sce-ajt",
+        density=density,
+    )
+    repos = {
+        APOLLO: {
+            "main": (
+                _commit("a"),
+                {
+                    "e2e_similar_ce_layer_6.pt": (raw / "e2e_similar_ce_layer_6.pt").read_bytes(),
+                    "e2e_similar_ce_layer_6.yaml": (
+                        raw / "e2e_similar_ce_layer_6.yaml"
+                    ).read_bytes(),
+                },
+            )
+        },
+        NP_SCE: {"main": (_commit("n"), _tree_bytes(raw / "np"))},
+    }
+    with FakeHub(repos) as fake:
+        hf_env(HF_ENDPOINT=fake.url)
+        d = loader.load(f"hf:{APOLLO}:e2e_similar_ce_layer_6.pt")
+        np.testing.assert_allclose(d.decoder, unit_rows(e2e.decoder)[0], atol=1e-6)
+        assert d.meta.format == "e2e_sae" and d.meta.extra["hf_repo"] == APOLLO
+
+        s = loader.load("saelens:gpt2-small-res_sce-ajt/blocks.6.hook_resid_pre")
+        np.testing.assert_allclose(s.decoder, unit_rows(sl.decoder)[0], atol=1e-6)
+        np.testing.assert_allclose(s.density, density, rtol=1e-4, atol=1e-9)
+        assert s.meta.neuronpedia_id == "gpt2-small/6-res_sce-ajt"
+        assert s.meta.hook == POS_HF and s.meta.format == "saelens"
+        assert s.meta.extra["saelens_release"] == "gpt2-small-res_sce-ajt"

@@ -50,7 +50,9 @@ def lookup(release: str, sae_id: str) -> SaelensSAE:
         hint = "install sae-lens for its full list"
     else:
         hint = f"or one of the {len(installed)} releases of the installed sae_lens"
-    raise SourceError(f"saelens:{release}/{sae_id}: unknown SAELens release; known: {known} ({hint})")
+    raise SourceError(
+        f"saelens:{release}/{sae_id}: unknown SAELens release; known: {known} ({hint})"
+    )
 
 
 def _builtin() -> dict[str, dict[str, SaelensSAE]]:
