@@ -32,7 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
 from ..errors import InputError
-from .topk import topk_cosine
+from .topk import TopK, topk_cosine
 
 Progress = Callable[[int, int], None]
 
@@ -80,8 +80,12 @@ def match_one_to_one(
     dense_limit: int = 4096,
     device: str = "auto",
     progress: Progress | None = None,
+    forward: TopK | None = None,
 ) -> Matching:
     """Assignment of rows of `a` to rows of `b` maximising the total cosine (one-to-one).
+
+    `forward`, if given, is the already computed top-k of `a` among `b` (at least
+    `k_candidates` wide); the sparse solver then only computes the B->A direction.
 
     Exact Hungarian when max(n_a, n_b) <= dense_limit, else the sparse top-`k_candidates`
     candidate graph (see the module docstring). `progress(done, total)` is called as rows are
@@ -97,7 +101,7 @@ def match_one_to_one(
         )
     if max(n_a, n_b) <= dense_limit:
         return _hungarian(a, b, progress)
-    return _sparse(a, b, k_candidates, device, progress)
+    return _sparse(a, b, k_candidates, device, progress, forward)
 
 
 def _hungarian(a: np.ndarray, b: np.ndarray, progress: Progress | None) -> Matching:
@@ -111,11 +115,16 @@ def _hungarian(a: np.ndarray, b: np.ndarray, progress: Progress | None) -> Match
 
 
 def _sparse(
-    a: np.ndarray, b: np.ndarray, k: int, device: str, progress: Progress | None
+    a: np.ndarray,
+    b: np.ndarray,
+    k: int,
+    device: str,
+    progress: Progress | None,
+    forward: TopK | None = None,
 ) -> Matching:
     """Optimal matching among the union of top-k candidate pairs in both directions."""
     n_a, n_b = a.shape[0], b.shape[0]
-    rows, cols = _candidate_pairs(a, b, k, device, progress)
+    rows, cols = _candidate_pairs(a, b, k, device, progress, forward)
     cos = _pair_cosines(a, b, rows, cols)  # [n_edges] float64
     row_max = np.full(n_a, -np.inf)
     col_max = np.full(n_b, -np.inf)
@@ -163,14 +172,25 @@ def _max_cardinality_matching(
 
 
 def _candidate_pairs(
-    a: np.ndarray, b: np.ndarray, k: int, device: str, progress: Progress | None
+    a: np.ndarray,
+    b: np.ndarray,
+    k: int,
+    device: str,
+    progress: Progress | None,
+    forward: TopK | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unique (row of A, row of B) pairs from top-k in both directions, sorted by (row, col)."""
     n_a, n_b = a.shape[0], b.shape[0]
     total = n_a + n_b
     fwd_progress = (lambda done, _n: progress(done, total)) if progress else None
     bwd_progress = (lambda done, _n: progress(n_a + done, total)) if progress else None
-    fwd = topk_cosine(a, b, min(k, n_b), device=device, progress=fwd_progress)
+    k_fwd = min(k, n_b)
+    if forward is not None and forward.indices.shape == (n_a, forward.indices.shape[1]) and (
+        forward.indices.shape[1] >= k_fwd
+    ):
+        fwd = TopK(forward.values[:, :k_fwd], forward.indices[:, :k_fwd])
+    else:
+        fwd = topk_cosine(a, b, k_fwd, device=device, progress=fwd_progress)
     bwd = topk_cosine(b, a, min(k, n_a), device=device, progress=bwd_progress)
     rows = np.concatenate([np.repeat(np.arange(n_a), fwd.indices.shape[1]), bwd.indices.ravel()])
     cols = np.concatenate([fwd.indices.ravel(), np.repeat(np.arange(n_b), bwd.indices.shape[1])])

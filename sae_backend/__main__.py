@@ -1,0 +1,7 @@
+"""`python -m sae_backend`: the CLI (see sae_backend/cli.py)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""Command line over the same API the app uses: `python -m sae_backend info|compare ...`.
+
+Expected bad input (unknown URI, broken file, mismatched d_model, k out of range) prints one
+line `error: ...` to stderr and exits 2; output files are written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .dictionary import Dictionary
+from .errors import SAEError
+from .geometry.compare import DIRECTIONS, MAX_K, compare, included, match
+from .loader import load
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sae_backend",
+        description="Inspect and compare SAE dictionaries (local paths, wandb:, hf:, saelens: URIs; "
+        "SRC#POSITION picks one SAE from a file holding several).",
+    )
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="print what a source holds, as JSON")
+    info.add_argument("src")
+    _load_options(info)
+    info.set_defaults(run=_info)
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="max cosine (and top-k) of each feature of A against B, or within A",
+        description="One CSV row per included feature of A (alive when the source says which "
+        "are, else every non-zero direction): feature, max_cos, nearest, and with k > 1 the "
+        "neighbours and their cosines; with --match the one-to-one matched feature and cosine.",
+    )
+    cmp_.add_argument("src_a")
+    cmp_.add_argument("src_b", nargs="?", help="omit to compare A with itself (self excluded)")
+    cmp_.add_argument("--output", "-o", required=True, help="CSV file to write")
+    cmp_.add_argument("--k", type=int, default=1, help=f"neighbours per feature (1..{MAX_K})")
+    cmp_.add_argument("--directions", choices=DIRECTIONS, default="decoder")
+    cmp_.add_argument("--match", action="store_true", help="add the one-to-one matching")
+    cmp_.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    cmp_.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
+    _load_options(cmp_)
+    cmp_.set_defaults(run=_compare)
+    return p
+
+
+def _load_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--orientation",
+        choices=("rows", "columns"),
+        help="plain matrices only: rows = [n_features, d_model], columns = [d_model, n_features]",
+    )
+    p.add_argument("--key", help="plain files holding several arrays: which one")
+    p.add_argument("--format", help="force a reader (default: detected)")
+
+
+def _load(src: str, args: argparse.Namespace) -> Dictionary:
+    return load(
+        src,
+        orientation=args.orientation,
+        key=args.key,
+        format=args.format,
+        progress=_download_progress(),
+    )
+
+
+def _info(args: argparse.Namespace) -> int:
+    d = _load(args.src, args)
+    m = d.meta
+    print(
+        json.dumps(
+            {
+                "source": m.source,
+                "format": m.format,
+                "n_features": d.n_features,
+                "d_model": d.d_model,
+                "n_alive": d.n_alive,
+                "alive_from": m.alive_from,
+                "has_encoder": d.has_encoder,
+                "model_name": m.model_name,
+                "hook": m.hook,
+                "layer": m.layer,
+                "neuronpedia_id": m.neuronpedia_id,
+                "fingerprint": d.fingerprint,
+                "extra": m.extra,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    a = _load(args.src_a, args)
+    b = None if args.src_b is None else _load(args.src_b, args)
+    if args.match and b is None:
+        raise SAEError("--match needs two dictionaries (SRC_A SRC_B)")
+    n_a = len(included(a))
+    with _bar(n_a, "top-k") as tick:
+        res = compare(
+            a, b, directions=args.directions, k=args.k, device=args.device,
+            progress=tick, cache=not args.no_cache,
+        )  # fmt: skip
+    matched = None
+    if args.match:
+        with _bar(n_a + len(included(b)), "matching") as tick:
+            matched = match(
+                a, b, directions=args.directions, device=args.device, progress=tick,
+                forward=res if args.k >= 10 else None,
+            )  # fmt: skip
+    _write_csv(Path(args.output), res, matched, args.k)
+    _print_summary(a, b, res, matched)
+    return 0
+
+
+def _write_csv(path: Path, res, matched, k: int) -> None:
+    """Write the table to a temporary file beside `path`, then rename: never half a file."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    header = ["feature", "max_cos", "nearest"]
+    if k > 1:
+        header += ["neighbours", "cosines"]
+    if matched is not None:
+        header += ["matched", "matched_cos"]
+    w.writerow(header)
+    for row in range(len(res.a_index)):
+        line = [int(res.a_index[row]), f"{res.values[row, 0]:.7f}", int(res.indices[row, 0])]
+        if k > 1:
+            line += [
+                " ".join(str(int(i)) for i in res.indices[row]),
+                " ".join(f"{v:.7f}" for v in res.values[row]),
+            ]
+        if matched is not None:
+            j, c = int(matched.b_index[row]), float(matched.cosine[row])
+            line += [j, "" if np.isnan(c) else f"{c:.7f}"]
+        w.writerow(line)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SAEError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _print_summary(a: Dictionary, b: Dictionary | None, res, matched) -> None:
+    s = res.summary()
+    what = f"{a.meta.source} within itself" if b is None else f"{a.meta.source} -> {b.meta.source}"
+    above = ", ".join(f">{t:g}: {f:.3f}" for t, f in s.above.items())
+    print(f"{what} ({res.directions}): {s.n} features vs {res.n_targets} targets")
+    print(f"  max cos: mean (MMCS) {s.mean:.4f}, median {s.median:.4f}; fraction {above}")
+    dc = res.double_counting((a if b is None else b).n_features)
+    print(
+        f"  distinct nearest targets: {dc.n_targets} "
+        f"({dc.fraction_shared:.1%} of features share theirs; max in-degree {dc.max_in_degree})"
+    )
+    if matched is not None:
+        print(
+            f"  one-to-one ({matched.method}): mean matched cos {matched.mean:.4f} over "
+            f"{matched.n_matched} pairs; optimal within {matched.gap:.4g} total cosine"
+        )
+
+
+class _bar:
+    """A tqdm progress bar on stderr driven by progress(done, total) callbacks."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what = total, what
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.what, unit="feat", file=sys.stderr,
+                        disable=None, leave=False)  # fmt: skip
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if total != self.bar.total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+def _download_progress():
+    """progress(done, total, what) for downloads, printed as a tqdm bar per file."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(done: int, total: int | None, what: str) -> None:
+        bar = bars.get(what)
+        if bar is None:
+            bar = bars[what] = tqdm(total=total, desc=what, unit="B", unit_scale=True,
+                                    file=sys.stderr, disable=None, leave=False)  # fmt: skip
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+
+    return update

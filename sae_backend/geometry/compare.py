@@ -1,0 +1,161 @@
+"""Comparisons between dictionaries: what the CLI, the pages and the tests all read.
+
+`compare(A, B)` takes the included features of A (alive, non-zero) and finds, for each, its
+top-k neighbours among the included features of B (or of A itself, self excluded, when B is
+None), by decoder or encoder direction. Indices in the result are the dictionaries' own
+feature indices, not positions in the included subset. Results are cached on disk by the
+dictionaries' fingerprints and the parameters, so a repeated comparison costs a lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cache import ArrayCache, default_cache, make_key
+from ..dictionary import Dictionary
+from ..errors import InputError
+from .matching import DoubleCounting, Matching, double_counting, match_one_to_one
+from .stats import Summary, summarize
+from .topk import TopK, topk_cosine
+
+DIRECTIONS = ("decoder", "encoder")
+MAX_K = 100
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Nearest neighbours of A's included features among B's (or A's own, self excluded).
+
+    a_index:    [m] int64 feature indices in A that were compared (its included features).
+    values:     [m, k] float32 cosines, descending (exact: float32 dot products).
+    indices:    [m, k] int64 feature indices in B (in A when `b_fingerprint` is None).
+    directions: "decoder" or "encoder".
+    n_targets:  how many features of B (or A) were candidates.
+    """
+
+    a_fingerprint: str
+    b_fingerprint: str | None
+    directions: str
+    a_index: np.ndarray
+    values: np.ndarray
+    indices: np.ndarray
+    n_targets: int
+
+    @property
+    def max_cos(self) -> np.ndarray:  # [m] float32
+        return self.values[:, 0]
+
+    @property
+    def nearest(self) -> np.ndarray:  # [m] int64
+        return self.indices[:, 0]
+
+    @property
+    def is_self(self) -> bool:
+        return self.b_fingerprint is None
+
+    def summary(self, thresholds=(0.5, 0.7, 0.9)) -> Summary:
+        """MMCS (mean max cosine), median, fractions above thresholds."""
+        return summarize(self.max_cos, thresholds)
+
+    def double_counting(self, n_b: int) -> DoubleCounting:
+        """How shared the max-cos targets are; n_b = number of features in B."""
+        return double_counting(self.nearest, n_b)
+
+
+def included(d: Dictionary) -> np.ndarray:
+    """[m] int64 indices of the features compared: alive per the source and non-zero."""
+    return np.flatnonzero(d.alive)
+
+
+def compare(
+    a: Dictionary,
+    b: Dictionary | None = None,
+    *,
+    directions: str = "decoder",
+    k: int = 1,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    cache: ArrayCache | None | bool = True,
+) -> Comparison:
+    """Top-k neighbours of A's included features among B's (B=None: within A, self excluded).
+
+    cache: True uses the default disk cache, False none, or a given ArrayCache.
+    Raises InputError for mismatched d_model, a missing encoder or k out of range.
+    """
+    if directions not in DIRECTIONS:
+        raise InputError(f"directions must be 'decoder' or 'encoder', not {directions!r}")
+    if b is not None and b.d_model != a.d_model:
+        raise InputError(
+            f"cannot compare {a.meta.source} (d_model {a.d_model}) with {b.meta.source} "
+            f"(d_model {b.d_model}): directions live in different spaces"
+        )
+    for d in (a, b):
+        if d is not None and directions == "encoder" and not d.has_encoder:
+            raise InputError(f"{d.meta.source} has no encoder directions; use decoder")
+    ia = included(a)
+    ib = ia if b is None else included(b)
+    n_targets = len(ib) - (1 if b is None else 0)
+    if len(ia) == 0:
+        raise InputError(f"{a.meta.source} has no alive features to compare")
+    if not 1 <= k <= min(MAX_K, n_targets):
+        raise InputError(f"k must be between 1 and {min(MAX_K, n_targets)}, got {k}")
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
+        va = a.directions(directions)[ia]
+        vb = None if b is None else b.directions(directions)[ib]
+        res = topk_cosine(va, vb, k, device=device, progress=progress)
+        return {"values": res.values, "indices": ib[res.indices]}, {}
+
+    store = _cache(cache)
+    fb = None if b is None else b.fingerprint
+    if store is None:
+        arrays, _ = compute()
+    else:
+        key = make_key("compare", a.fingerprint, fb or "self", directions=directions, k=k)
+        arrays, _ = store.get_or_compute(key, compute)
+    return Comparison(
+        a.fingerprint, fb, directions, ia, arrays["values"], arrays["indices"], n_targets
+    )
+
+
+def match(
+    a: Dictionary,
+    b: Dictionary,
+    *,
+    directions: str = "decoder",
+    k_candidates: int = 10,
+    dense_limit: int = 4096,
+    device: str = "auto",
+    forward: Comparison | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Matching:
+    """One-to-one matching of A's included features to B's; indices are feature indices.
+
+    `forward` (a Comparison of A with B, same directions) saves one top-k pass at scale.
+    """
+    ia, ib = included(a), included(b)
+    va, vb = a.directions(directions)[ia], b.directions(directions)[ib]
+    fwd = None
+    if forward is not None and forward.values.shape[1] >= k_candidates:
+        position = np.full(b.n_features, -1, np.int64)
+        position[ib] = np.arange(len(ib))
+        fwd = TopK(forward.values, position[forward.indices])
+    m = match_one_to_one(
+        va, vb, k_candidates=k_candidates, dense_limit=dense_limit, device=device,
+        progress=progress, forward=fwd,
+    )  # fmt: skip
+    b_index = np.where(m.b_index >= 0, ib[np.maximum(m.b_index, 0)], -1)
+    return Matching(
+        b_index, m.cosine, m.total, m.mean, m.n_matched, m.method, m.upper_bound, m.n_candidates
+    )
+
+
+def _cache(cache: ArrayCache | None | bool) -> ArrayCache | None:
+    if cache is True:
+        return default_cache()
+    if cache is False or cache is None:
+        return None
+    return cache
