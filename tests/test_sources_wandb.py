@@ -69,6 +69,20 @@ def wandb_client_env(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Safety net for the Python side (wandb-core, a Go process, is pointed at the fake by
+    WANDB_BASE_URL): any name lookup other than loopback fails the test."""
+    real = socket.getaddrinfo
+
+    def guarded(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise AssertionError(f"test tried to reach {host!r}: tests must stay on loopback")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     """The fake's data folder; the SAE cache in tmp_path; the right API key."""
@@ -203,6 +217,18 @@ def test_second_resolve_makes_no_network_call(runs, server):
     server.stop()
     offline = resolve(parse_uri(uri))  # and it still works with the server gone
     assert first == again == offline
+
+
+def test_incomplete_cache_is_fetched_again(runs, server):
+    src = standard_run(runs)
+    uri = f"wandb:{ENTITY}/{PROJECT}/run6"
+    first = resolve(parse_uri(uri))
+    ckpt = first.path / "samples_400000.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # e.g. damaged by hand: size no longer matches
+    resolve(parse_uri(uri))
+    assert ckpt.read_bytes() == (src / "samples_400000.pt").read_bytes()
+    assert file_gets(server).count("samples_400000.pt") == 2
+    assert file_gets(server).count("final_config.yaml") == 1  # the intact file is kept
 
 
 def test_running_run_is_asked_again_but_weights_not_downloaded_again(runs, server):
