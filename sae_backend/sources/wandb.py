@@ -101,15 +101,14 @@ def _fetch(ref: SourceRef, folder: Path, progress: Progress | None) -> dict[str,
             "config": config,
             "summary": summary,
         }
-        _pick_position(
-            ref, manifest
-        )  # a run with several SAEs needs #POSITION: say so before downloading
+        # A run with several SAEs needs #POSITION: say so before downloading anything.
+        _pick_position(ref, manifest)
         remove_stale_partials(folder)
         for name in sorted(wanted, key=lambda n: n == checkpoint):  # small config first
             dest = folder / name
             size = manifest["files"][name]
             if dest.is_file() and dest.stat().st_size == size:
-                continue  # already complete from an earlier resolve: no download
+                continue  # same name and size from an earlier resolve: not downloaded again
             try:
                 fetch_atomic(
                     dest,
