@@ -255,6 +255,7 @@ class _Bf16Scorer:
         # groups kept per row (random data needs ~2k + 10); rows needing more fall back
         self.n_keep_groups = min(self.n_groups, max(k, int(np.ceil(2.5 * k)) + 24))
         self.max_pairs = 4 * k + 64  # candidates re-scored per row before falling back
+        self.cap = 2 * k + 8  # first re-score table's width (random data needs ~2k + 3)
         self.buf = _Buffers(b.device)
 
     def block(
@@ -289,23 +290,50 @@ class _Bf16Scorer:
         ok = counts <= self.max_pairs
         complete = ok if complete is None else complete & ok
         mask &= complete[:, None, None]
-        # pack each row's candidates to the left of a [m, width] table, then re-score them
-        # exactly in float32 (one batched matrix-vector product; padding is masked after)
+        # pack each row's candidates to the left of a table and re-score them exactly in
+        # float32: the first `cap` of every row, then the rest of the few longer rows in a
+        # second table, so padding stays small
         counts = torch.where(complete, counts, 0)
         width = max(int(counts.max()) if m else 0, k)
         rows, off, gpos = mask.nonzero(as_tuple=True)
         starts = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(rows.numel(), device=dev) - starts[rows]
-        idx = torch.zeros((m, width), dtype=torch.int64, device=dev)
-        idx[rows, pos] = gidx[rows, gpos] * GROUP + off
-        exact = self._rescore(a, idx)
-        vals = torch.where(torch.arange(width, device=dev) < counts[:, None], exact, -torch.inf)
-        v, i = _select(vals, idx, k)
+        slot = torch.arange(rows.numel(), device=dev) - starts[rows]
+        cols = gidx[rows, gpos] * GROUP + off
+        cap = min(width, self.cap)
+        first = slot < cap
+        v, i = self._rescore_table(a, rows[first], slot[first], cols[first], cap)
+        if width > cap:
+            big = (counts > cap).nonzero().squeeze(1)
+            rest = ~first
+            local = torch.searchsorted(big, rows[rest])
+            vb, ib = self._rescore_table(a[big], local, slot[rest] - cap, cols[rest], width - cap)
+            v[big], i[big] = _select(torch.cat([v[big], vb], 1), torch.cat([i[big], ib], 1), k)
         bad = (~complete).nonzero().squeeze(1)
         if bad.numel():
             off_rows = None if self_offset is None else bad + self_offset
             v[bad], i[bad] = self._exact_rows(a[bad], off_rows)
         return v, i, int(bad.numel())
+
+    def _rescore_table(
+        self,
+        a: torch.Tensor,
+        rows: torch.Tensor,
+        slot: torch.Tensor,
+        cols: torch.Tensor,
+        width: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k of candidates (row, slot) -> B index `cols` of rows `a` [m, d], re-scored exactly."""
+        m = a.shape[0]
+        idx = torch.zeros((m, width), dtype=torch.int64, device=a.device)
+        idx[rows, slot] = cols
+        filled = torch.zeros((m, width), dtype=torch.bool, device=a.device)
+        filled[rows, slot] = True
+        vals = torch.where(filled, self._rescore(a, idx), -torch.inf)
+        if width < self.k:  # rows with fewer candidates than k: pad (they hold >= k overall)
+            pad = self.k - width
+            vals = torch.cat([vals, vals.new_full((m, pad), -torch.inf)], 1)
+            idx = torch.cat([idx, idx.new_zeros((m, pad))], 1)
+        return _select(vals, idx, self.k)
 
     def _rescore(self, a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """[m, w] exact float32 a_i . b_idx[i, j], gathering B rows a chunk of rows at a time."""
