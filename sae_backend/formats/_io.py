@@ -420,6 +420,29 @@ def _require_file(path: Path) -> None:
         raise fail(path, "expected a file, found a folder")
 
 
+def holds(folder: Path, marker: str) -> bool:
+    """Whether `folder` holds `marker`, itself or in a subfolder (one SAE per subfolder)."""
+    return (folder / marker).is_file() or any((p / marker).is_file() for p in folder.iterdir())
+
+
+def detect_weights(path: Path, marker: str, keys: set[str]) -> bool:
+    """A folder holding `marker` (or subfolders that do), a file named `marker`, or a
+    .safetensors file whose header has all of `keys`: the layout of safetensors formats."""
+    if path.is_dir():
+        return holds(path, marker)
+    if path.name == marker:
+        return True
+    return path.suffix == ".safetensors" and keys <= (safetensors_keys(path) or set())
+
+
+def weights_file(path: Path, marker: str, position: str | None) -> tuple[Path, Path, str | None]:
+    """(folder, weights file, chosen subfolder or None) for a folder or a file named directly."""
+    if path.is_dir():
+        folder, chosen = pick_subfolder(path, marker, position)
+        return folder, folder / marker, chosen
+    return path.parent, path, None
+
+
 def pick_subfolder(path: Path, marker: str, position: str | None) -> tuple[Path, str | None]:
     """Resolve a folder holding one SAE per subfolder (each with `marker`) to one of them.
 

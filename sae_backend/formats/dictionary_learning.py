@@ -26,15 +26,16 @@ from ._io import (
     bias_length,
     fail,
     feature_rows,
+    holds,
     json_safe,
     layer_from,
     list_names,
     load_torch,
     matrix,
-    pick_subfolder,
     read_json,
     sibling_config,
     torch_pickle_strings,
+    weights_file,
 )
 
 NAME = "dictionary_learning"
@@ -57,7 +58,7 @@ _BIASES = ("b_dec", "bias", "decoder_bias", "decoder.bias")  # [activation_dim] 
 def detect(path: Path) -> bool:
     """ae.pt (or a folder of trainer_N/ae.pt), or a .pt whose keys look like an SAE."""
     if path.is_dir():
-        return (path / WEIGHTS).is_file() or any((p / WEIGHTS).is_file() for p in path.iterdir())
+        return holds(path, WEIGHTS)
     if path.suffix not in TORCH_SUFFIXES:
         return False
     if _AE.match(path.name):
@@ -69,11 +70,7 @@ def detect(path: Path) -> bool:
 
 
 def read(path: Path, opts: LoadOptions) -> RawSAE:
-    if path.is_dir():
-        folder, chosen = pick_subfolder(path, WEIGHTS, opts.position)
-        file = folder / WEIGHTS
-    else:
-        file, chosen = path, None
+    _, file, chosen = weights_file(path, WEIGHTS, opts.position)
     obj = load_torch(file)
     state, extra, embedded = _unwrap(obj, file)
     cfg_path = sibling_config(file, [CONFIG], levels=1)

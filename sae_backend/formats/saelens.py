@@ -26,18 +26,18 @@ from ..dictionary import RawSAE
 from . import LoadOptions
 from ._io import (
     bias_length,
+    detect_weights,
     fail,
     feature_rows,
     json_safe,
     layer_from,
     load_safetensors,
     matrix,
-    pick_subfolder,
     read_json,
     require_keys,
     safetensors_header,
-    safetensors_keys,
     vector,
+    weights_file,
 )
 
 NAME = "saelens"
@@ -51,22 +51,11 @@ DEAD_LOG10 = np.log10(_EPS) + 1e-3  # at or below: never fired in SAELens's samp
 
 def detect(path: Path) -> bool:
     """A folder with sae_weights.safetensors (or subfolders with one), or a W_dec+W_enc file."""
-    if path.is_dir():
-        return (path / WEIGHTS).is_file() or any((p / WEIGHTS).is_file() for p in path.iterdir())
-    if path.name == WEIGHTS:
-        return True
-    if path.suffix == ".safetensors":
-        keys = safetensors_keys(path) or set()
-        return {"W_dec", "W_enc"} <= keys
-    return False
+    return detect_weights(path, WEIGHTS, {"W_dec", "W_enc"})
 
 
 def read(path: Path, opts: LoadOptions) -> RawSAE:
-    if path.is_dir():
-        folder, chosen = pick_subfolder(path, WEIGHTS, opts.position)
-        weights = folder / WEIGHTS
-    else:
-        folder, chosen, weights = path.parent, None, path
+    folder, weights, chosen = weights_file(path, WEIGHTS, opts.position)
     cfg_path = folder / CONFIG
     cfg = read_json(cfg_path) if cfg_path.is_file() else {}
     d_in, d_sae, d_out = (_int(cfg, k, cfg_path) for k in ("d_in", "d_sae", "d_out"))

@@ -20,17 +20,17 @@ from ..errors import FormatError
 from . import LoadOptions
 from ._io import (
     bias_length,
+    detect_weights,
     fail,
     feature_rows,
     json_safe,
     layer_from,
     load_safetensors,
     matrix,
-    pick_subfolder,
     read_json,
     require_keys,
     safetensors_header,
-    safetensors_keys,
+    weights_file,
 )
 
 NAME = "sparsify"
@@ -42,22 +42,11 @@ RUN_CONFIG = "config.json"
 
 def detect(path: Path) -> bool:
     """A folder with sae.safetensors (or hookpoint subfolders with one), or a sparsify file."""
-    if path.is_dir():
-        return (path / WEIGHTS).is_file() or any((p / WEIGHTS).is_file() for p in path.iterdir())
-    if path.name == WEIGHTS:
-        return True
-    if path.suffix == ".safetensors":
-        keys = safetensors_keys(path) or set()
-        return {"W_dec", "encoder.weight"} <= keys
-    return False
+    return detect_weights(path, WEIGHTS, {"W_dec", "encoder.weight"})
 
 
 def read(path: Path, opts: LoadOptions) -> RawSAE:
-    if path.is_dir():
-        folder, chosen = pick_subfolder(path, WEIGHTS, opts.position)
-        weights = folder / WEIGHTS
-    else:
-        folder, chosen, weights = path.parent, None, path
+    folder, weights, chosen = weights_file(path, WEIGHTS, opts.position)
     cfg_path = folder / CONFIG
     cfg = read_json(cfg_path) if cfg_path.is_file() else {}
     d_in = _int(cfg, "d_in", cfg_path)

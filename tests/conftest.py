@@ -1,0 +1,21 @@
+"""Shared test setup."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Safety net for every test: a name lookup other than loopback fails the test instead of
+    reaching the network (the W&B client's Go side is pointed at the fake by WANDB_BASE_URL)."""
+    real = socket.getaddrinfo
+
+    def guarded(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise AssertionError(f"test tried to reach {host!r}: tests must stay on loopback")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
