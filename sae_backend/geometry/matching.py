@@ -185,8 +185,10 @@ def _candidate_pairs(
     fwd_progress = (lambda done, _n: progress(done, total)) if progress else None
     bwd_progress = (lambda done, _n: progress(n_a + done, total)) if progress else None
     k_fwd = min(k, n_b)
-    if forward is not None and forward.indices.shape == (n_a, forward.indices.shape[1]) and (
-        forward.indices.shape[1] >= k_fwd
+    if (
+        forward is not None
+        and forward.indices.shape[0] == n_a
+        and forward.indices.shape[1] >= k_fwd
     ):
         fwd = TopK(forward.values[:, :k_fwd], forward.indices[:, :k_fwd])
     else:
