@@ -60,6 +60,7 @@ __all__ = [
     "default_cache",
     "encode_blob",
     "make_key",
+    "resolve_cache",
 ]
 
 ENV_DIR = "SAE_CACHE_DIR"  # the variable e2e_sae uses; our data lives in a subfolder of it
@@ -462,6 +463,15 @@ def default_cache() -> ArrayCache:
     environment).
     """
     return ArrayCache()
+
+
+def resolve_cache(cache: ArrayCache | bool | None) -> ArrayCache | None:
+    """What a `cache=` argument means: True the default cache, False/None none, or the given one."""
+    if cache is True:
+        return default_cache()
+    if cache is False or cache is None:
+        return None
+    return cache
 
 
 def _default_directory() -> Path:

@@ -8,7 +8,8 @@ zero-norm rows stay zero and count as dead, never NaN.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,29 @@ class Dictionary:
                 raise FormatError(f"{self.meta.source}: this dictionary has no encoder directions")
             return self.encoder
         raise ValueError(f"unknown direction kind {kind!r}; use 'decoder' or 'encoder'")
+
+    def to_entry(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, JSON metadata) for the disk cache; `from_entry` rebuilds the dictionary."""
+        arrays = {"decoder": self.decoder, "decoder_norms": self.decoder_norms, "alive": self.alive}
+        if self.encoder is not None:
+            arrays["encoder"] = self.encoder
+        if self.density is not None:
+            arrays["density"] = self.density
+        meta = json.loads(json.dumps(asdict(self.meta), default=str))  # JSON-safe extra
+        return arrays, {"meta": meta, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_entry(cls, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> Dictionary:
+        """Inverse of `to_entry` (the cache checks integrity, so no re-validation here)."""
+        return cls(
+            arrays["decoder"],
+            arrays.get("encoder"),
+            arrays["decoder_norms"],
+            arrays["alive"],
+            arrays.get("density"),
+            Metadata(**info["meta"]),
+            info["fingerprint"],
+        )
 
     @classmethod
     def from_raw(cls, raw: RawSAE, *, source: str, format: str) -> Dictionary:

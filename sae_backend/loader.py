@@ -11,6 +11,8 @@ alone, because they mean a bug in our code, not in the user's file.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sources
+from .cache import ArrayCache, make_key, resolve_cache
 from .dictionary import Dictionary, RawSAE
 from .errors import FormatError, InputError, SAEError
 from .formats import LoadOptions, read_sae
@@ -47,6 +50,7 @@ def load(
     key: str | None = None,
     format: str | None = None,
     progress: Progress | None = None,
+    cache: ArrayCache | bool = True,
 ) -> Dictionary:
     """Load the SAE dictionary named by `uri` (a local path or wandb:/hf:/saelens: URI).
 
@@ -55,6 +59,8 @@ def load(
     key:         which array of a plain file holding several.
     format:      force a reader by name (see `sae_backend.formats.format_names()`).
     progress:    progress(done, total, what) callback for downloads.
+    cache:       True: the default disk cache (keyed by the files' paths, sizes and mtimes
+                 plus these options), False: none, or a given ArrayCache.
     Raises an SAEError subclass (one-line message) for every expected problem.
     """
     if orientation is not None and orientation not in ("rows", "columns"):
@@ -69,12 +75,52 @@ def load(
         orientation=orientation,
         key=key,
     )
-    raw, name = _read(resolved.path, opts, format)
-    if resolved.alive_indices is not None:
-        raw.alive = _alive_mask(resolved.alive_indices, raw.decoder.shape[0], str(ref))
-        raw.meta["alive_from"] = resolved.meta.get("alive_from", f"{ref.scheme} source")
-    raw.meta.update({k: v for k, v in resolved.meta.items() if k != "alive_from"})
-    return Dictionary.from_raw(raw, source=str(ref), format=name)
+
+    def build() -> Dictionary:
+        raw, name = _read(resolved.path, opts, format)
+        if resolved.alive_indices is not None:
+            raw.alive = _alive_mask(resolved.alive_indices, raw.decoder.shape[0], str(ref))
+            raw.meta["alive_from"] = resolved.meta.get("alive_from", f"{ref.scheme} source")
+        raw.meta.update({k: v for k, v in resolved.meta.items() if k != "alive_from"})
+        return Dictionary.from_raw(raw, source=str(ref), format=name)
+
+    store = resolve_cache(cache)
+    if store is None:
+        return build()
+    cache_key = make_key(
+        "dictionary",
+        _files_identity(resolved.path),
+        source=str(ref),
+        position=opts.position,
+        orientation=orientation,
+        key=key,
+        format=format,
+        source_says=_digest(repr((resolved.alive_indices, sorted(resolved.meta.items())))),
+    )
+    return Dictionary.from_entry(*store.get_or_compute(cache_key, lambda: build().to_entry()))
+
+
+def _files_identity(path: Path, limit: int = 2000) -> str:
+    """Digest of the paths, sizes and mtimes of what a reader may open for `path`: the file
+    and its folder's other files, or a folder's files two levels down. A changed file changes
+    the digest, so a cached dictionary is never served for edited weights or configs."""
+    path = path.resolve()
+    top = path if path.is_dir() else path.parent
+    entries = []
+    for root, dirs, files in os.walk(top):
+        depth = len(Path(root).relative_to(top).parts)
+        if depth >= (2 if path.is_dir() else 0):
+            dirs.clear()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            entries.append(f"{os.path.join(root, name)}|{st.st_size}|{st.st_mtime_ns}")
+            if len(entries) >= limit:
+                break
+    return _digest("\n".join(sorted(entries)) + f"\n{path}")
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _read(path: Path, opts: LoadOptions, format: str | None) -> tuple[RawSAE, str]:

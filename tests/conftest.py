@@ -19,3 +19,14 @@ def loopback_only(monkeypatch):
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", guarded)
+
+
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty SAE_CACHE_DIR, so no test reads or fills ~/.cache."""
+    from sae_backend.cache import default_cache
+
+    monkeypatch.setenv("SAE_CACHE_DIR", str(tmp_path_factory.mktemp("sae_cache")))
+    default_cache.cache_clear()
+    yield
+    default_cache.cache_clear()

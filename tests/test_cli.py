@@ -18,16 +18,6 @@ from tests.factories import e2e_state, unit_rows, write_matrix, write_saelens
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    from sae_backend.cache import default_cache
-
-    monkeypatch.setenv("SAE_CACHE_DIR", str(tmp_path / "cache"))
-    default_cache.cache_clear()
-    yield
-    default_cache.cache_clear()
-
-
 @pytest.fixture()
 def pair(tmp_path):
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cache import ArrayCache, default_cache, make_key
+from ..cache import ArrayCache, make_key, resolve_cache
 from ..dictionary import Dictionary
 from ..errors import InputError
 from .matching import DoubleCounting, Matching, double_counting, match_one_to_one
@@ -109,7 +109,7 @@ def compare(
         res = topk_cosine(va, vb, k, device=device, progress=progress)
         return {"values": res.values, "indices": ib[res.indices]}, {}
 
-    store = _cache(cache)
+    store = resolve_cache(cache)
     fb = None if b is None else b.fingerprint
     if store is None:
         arrays, _ = compute()
@@ -151,11 +151,3 @@ def match(
     return Matching(
         b_index, m.cosine, m.total, m.mean, m.n_matched, m.method, m.upper_bound, m.n_candidates
     )
-
-
-def _cache(cache: ArrayCache | None | bool) -> ArrayCache | None:
-    if cache is True:
-        return default_cache()
-    if cache is False or cache is None:
-        return None
-    return cache
