@@ -1,0 +1,138 @@
+"""Home page: the loaded dictionaries, and the ways to add, rename and remove them.
+
+    streamlit run app.py
+
+Only layout lives here; loading and geometry are `sae_backend`, shared state `dashboard_state`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import dashboard_state as ds
+from sae_backend import SAEError
+from sae_backend.catalogue import catalogue
+
+ds.page("Dictionaries")
+st.title("SAE dictionary geometry")
+st.caption(
+    "Load sparse-autoencoder dictionaries, then compare their features on the Similarity, "
+    "Neighbours and UMAP pages (sidebar). " + ds.TOY_NOTE
+)
+
+# --- The table of loaded dictionaries -------------------------------------------------------
+rows = []
+for name, d in ds.dictionaries().items():
+    try:
+        with st.spinner(f"Within-dictionary max cosine of {name} ..."):
+            mmcs = ds.compare_named(d, None).summary().mean
+    except SAEError as e:  # e.g. fewer than two alive features
+        ds.show_error(e, name)
+        mmcs = float("nan")
+    uri = ds.entries()[name]["uri"]
+    rows.append(
+        {
+            "name": name,
+            "source": "toy demo" if ds.is_toy(uri) else uri,
+            "features": d.n_features,
+            "alive": d.n_alive,
+            "d_model": d.d_model,
+            "hook": d.meta.hook or "",
+            "format": d.meta.format,
+            "within MMCS": mmcs,
+        }
+    )
+st.subheader("Loaded dictionaries")
+if rows:
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={"within MMCS": st.column_config.NumberColumn(format="%.3f")},
+    )
+else:
+    st.info("No dictionaries loaded: add one below.")
+
+# --- Add ------------------------------------------------------------------------------------
+st.subheader("Add a dictionary")
+by_uri, from_menu, by_upload = st.tabs(["By URI", "From the paper's catalogue", "Upload"])
+
+with by_uri:
+    with st.form("add_uri"):
+        uri = st.text_input(
+            "Source",
+            placeholder="path/to/checkpoint, wandb:ENTITY/PROJECT/RUN, hf:OWNER/REPO:PATH, "
+            "saelens:RELEASE/SAE_ID",
+        )
+        c1, c2, c3 = st.columns(3)
+        name = c1.text_input("Name (short; used in URLs)", placeholder="automatic")
+        position = c2.text_input("Position (files with several SAEs)", placeholder="optional")
+        orientation = c3.selectbox("Orientation (plain matrices only)", ["", "rows", "columns"])
+        submitted = st.form_submit_button("Load")
+    if submitted:
+        if not uri.strip():
+            st.error("Enter a source: a local path or a wandb:, hf: or saelens: URI.")
+        else:
+            try:
+                chosen = name.strip() or ds.suggest_name(uri.strip())
+                opts = {"position": position.strip(), "orientation": orientation}
+                ds.add(chosen, uri.strip(), opts)
+                st.success(f"Loaded {chosen}.")
+                st.rerun()
+            except SAEError as e:
+                ds.show_error(e)
+
+with from_menu:
+    cat = catalogue()
+    c1, c2, c3 = st.columns(3)
+    layer = c1.selectbox("Layer", cat.layers, index=list(cat.layers).index(6))
+    sae_type = c2.selectbox("Type", list(cat.sae_types), format_func=cat.sae_types.get)
+    criterion = c3.selectbox("Matched by", list(cat.criteria), format_func=cat.criteria.get)
+    found = cat.select(criterion=criterion, layer=layer, sae_type=sae_type)
+    if found:
+        entry = found[0]
+        uris = entry.uris()
+        kind = st.radio(
+            "Load from", list(uris), horizontal=True, format_func=lambda k: f"{k}: {uris[k]}"
+        )
+        st.caption(f"W&B run {entry.run_id}. W&B needs an API key (`wandb login`).")
+        if st.button("Load from catalogue"):
+            try:
+                ds.add(f"L{layer}-{sae_type}-{criterion}", uris[kind])
+                st.rerun()
+            except SAEError as e:
+                ds.show_error(e)
+    else:
+        st.info("The catalogue has no SAE for this combination.")
+
+with by_upload:
+    st.caption(
+        f"One checkpoint file, or all files of one SAE folder (e.g. cfg.json + "
+        f"sae_weights.safetensors). At most {ds.UPLOAD_LIMIT_MB} MB. Loaded safely: no code "
+        "in a file is ever run."
+    )
+    files = st.file_uploader("Files", accept_multiple_files=True)
+    up_name = st.text_input("Name", key="upload_name", placeholder="automatic")
+    if files and st.button("Load upload"):
+        try:
+            path = ds.save_upload(files)
+            ds.add(up_name.strip() or ds.suggest_name(files[0].name), path)
+            st.rerun()
+        except SAEError as e:
+            ds.show_error(e)
+
+# --- Rename / remove ------------------------------------------------------------------------
+if ds.entries():
+    st.subheader("Rename or remove")
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1], vertical_alignment="bottom")
+    target = c1.selectbox("Dictionary", list(ds.entries()))
+    new_name = c2.text_input("New name", key="new_name")
+    if c3.button("Rename"):
+        try:
+            ds.rename(target, new_name)
+            st.rerun()
+        except SAEError as e:
+            ds.show_error(e)
+    if c4.button("Remove"):
+        ds.remove(target)
+        st.rerun()

@@ -1,0 +1,203 @@
+"""Shared UI plumbing of the dashboard pages (app.py, pages/*.py); no geometry lives here.
+
+Session state holds only names -> (URI, load options); `Dictionary` objects and results come
+from process-wide caches keyed by URIs, options and fingerprints (`st.cache_resource`), never
+by hashing big arrays. Every page starts with `page(title)`, which loads the toy demo into a
+fresh session, so a deep link opened in a new tab works too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from sae_backend import Dictionary, SAEError, compare, load, match
+from sae_backend.demo import demo_sources
+from sae_backend.errors import InputError
+from sae_backend.geometry.compare import Comparison, included
+from sae_backend.geometry.matching import Matching
+from sae_backend.geometry.stats import random_null
+
+STATE_KEY = "sae_dicts"  # session_state: {name: {"uri": str, "options": {key: value}}}
+TOY_NOTE = (
+    "The bundled demo is a **toy**: random directions with planted overlaps (toy-b shares half "
+    "of toy-a's directions, toy-a-seed2 is a perturbed copy), not SAEs trained on a model."
+)
+UPLOAD_LIMIT_MB = 512  # also server.maxUploadSize in .streamlit/config.toml
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+
+
+def page(title: str) -> None:
+    """Page config, demo on first visit, and the sidebar list of loaded dictionaries."""
+    st.set_page_config(page_title=f"SAE geometry · {title}", layout="wide")
+    if STATE_KEY not in st.session_state:
+        st.session_state[STATE_KEY] = {
+            name: {"uri": uri, "options": {}} for name, uri in demo_sources().items()
+        }
+    with st.sidebar:
+        st.caption("Loaded dictionaries")
+        for name, entry in entries().items():
+            st.markdown(f"- **{name}** · `{_short(entry['uri'])}`")
+        if any(is_toy(e["uri"]) for e in entries().values()):
+            st.caption(TOY_NOTE)
+
+
+def entries() -> dict[str, dict[str, Any]]:
+    return st.session_state[STATE_KEY]
+
+
+def is_toy(uri: str) -> bool:
+    return uri in demo_sources().values()
+
+
+def show_error(err: SAEError, what: str = "") -> None:
+    """One st.error line for an expected problem (never a traceback)."""
+    st.error(f"{what}: {err}" if what else str(err))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _load(uri: str, options: tuple[tuple[str, str], ...], _progress=None) -> Dictionary:
+    return load(uri, **dict(options), progress=_progress)
+
+
+def load_entry(
+    uri: str, options: dict[str, str] | None = None, progress: Callable | None = None
+) -> Dictionary:
+    """The Dictionary for (uri, options), from the process-wide cache; raises SAEError.
+
+    progress(done, total, what) is called during downloads (the first load only)."""
+    opts = tuple(sorted((k, v) for k, v in (options or {}).items() if v))
+    return _load(uri, opts, progress)
+
+
+def get(name: str) -> Dictionary:
+    entry = entries()[name]
+    return load_entry(entry["uri"], entry["options"])
+
+
+def dictionaries() -> dict[str, Dictionary]:
+    """Every loaded dictionary by name; one that fails to load shows an st.error and is left out."""
+    out = {}
+    for name in list(entries()):
+        try:
+            with st.spinner(f"Loading {name} ..."):
+                out[name] = get(name)
+        except SAEError as e:
+            show_error(e, name)
+    return out
+
+
+def add(name: str, uri: str, options: dict[str, str] | None = None) -> Dictionary:
+    """Load (uri, options) and register it under `name`; raises SAEError (nothing registered)."""
+    name = name.strip()
+    if not _NAME_OK.match(name):
+        raise InputError(
+            f"name {name!r}: use 1-40 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit"
+        )
+    if name in entries():
+        raise InputError(f"the name {name!r} is taken; remove it first or choose another")
+    bar, update = progress_callback(f"Loading {uri} ...")
+    try:
+        d = load_entry(uri, options, update)
+    finally:
+        bar.empty()
+    entries()[name] = {"uri": uri, "options": {k: v for k, v in (options or {}).items() if v}}
+    return d
+
+
+def rename(old: str, new: str) -> None:
+    new = new.strip()
+    if new == old:
+        return
+    if not _NAME_OK.match(new):
+        raise InputError(f"name {new!r}: use 1-40 letters, digits, '.', '_' or '-'")
+    if new in entries():
+        raise InputError(f"the name {new!r} is taken")
+    st.session_state[STATE_KEY] = {(new if k == old else k): v for k, v in entries().items()}
+
+
+def remove(name: str) -> None:
+    entries().pop(name, None)
+
+
+def suggest_name(uri: str) -> str:
+    """A short free name from a URI's last part: 'hf:o/r:e2e_l6.pt' -> 'e2e_l6'."""
+    tail = re.split(r"[/:#@]", uri.rstrip("/"))[-1] or "sae"
+    base = re.sub(r"[^A-Za-z0-9._-]", "-", Path(tail).stem)[:32].strip("-._") or "sae"
+    name, i = base, 2
+    while name in entries():
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def save_upload(files: list[Any]) -> str:
+    """Write uploaded files (one checkpoint, or the files of one SAE folder) under a content-
+    named temp folder, keeping their names (formats are detected by name); returns the URI."""
+    h = hashlib.blake2b(digest_size=8)
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.getvalue())
+    folder = Path(tempfile.gettempdir()) / "sae_uploads" / h.hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        target = folder / Path(f.name).name  # never a path from the client
+        if not target.exists():
+            partial = target.with_name(f".partial-{target.name}")
+            partial.write_bytes(f.getvalue())
+            partial.replace(target)
+    return str(folder if len(files) > 1 else folder / Path(files[0].name).name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def comparison(
+    a_fp: str, b_fp: str | None, directions: str, k: int, _a: Dictionary, _b: Dictionary | None
+) -> Comparison:
+    """compare(a, b) held in memory (the backend also caches it on disk), keyed by fingerprints."""
+    return compare(_a, _b, directions=directions, k=k)
+
+
+def compare_named(a: Dictionary, b: Dictionary | None, directions: str = "decoder", k: int = 1):
+    return comparison(a.fingerprint, b and b.fingerprint, directions, k, a, b)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _matching(a_fp: str, b_fp: str, directions: str, _a: Dictionary, _b: Dictionary) -> Matching:
+    return match(_a, _b, directions=directions)
+
+
+def matching(a: Dictionary, b: Dictionary, directions: str = "decoder") -> Matching:
+    """One-to-one matching (indices are feature indices), held in memory per fingerprints."""
+    return _matching(a.fingerprint, b.fingerprint, directions, a, b)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def null_max_cos(n_a: int, n_b: int | None, d: int) -> np.ndarray:  # [n_a] float32
+    """Max cosine of random unit directions with the same counts and dimension."""
+    return random_null(n_a, n_b, d)
+
+
+def n_included(d: Dictionary) -> int:
+    return int(len(included(d)))
+
+
+def progress_callback(text: str) -> tuple[Any, Callable[[int, int], None]]:
+    """(st.progress bar, callback(done, total)) for backend progress hooks."""
+    bar = st.progress(0.0, text=text)
+
+    def update(done: int, total: int, *_: Any) -> None:
+        bar.progress(min(1.0, done / total) if total else 1.0, text=text)
+
+    return bar, update
+
+
+def _short(uri: str, n: int = 38) -> str:
+    if is_toy(uri):
+        return "toy demo"
+    return uri if len(uri) <= n else "…" + uri[-(n - 1) :]
