@@ -1,0 +1,175 @@
+"""Neighbours: one feature and its nearest features in every loaded dictionary.
+
+The URL is the state: `/Neighbours?dict=NAME&feature=INDEX`. Every control and every click
+on a neighbour rewrites those two query parameters, so the address bar can always be shared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import dashboard_state as ds
+from sae_backend import SAEError
+from sae_backend.geometry.compare import included
+from sae_backend.geometry.neighbours import check_feature, feature_neighbours
+from sae_backend.geometry.stats import encoder_decoder_cosine
+from sae_backend.neuronpedia import feature_url
+
+ds.page("Neighbours")
+st.title("Neighbours")
+dicts = ds.dictionaries()
+names = list(dicts)
+if not names:
+    st.info("Load a dictionary on the home page first.")
+    st.stop()
+
+
+def go(dict_name: str, feature: int) -> None:
+    """Make (dict_name, feature) the current feature: the URL is the single source of truth."""
+    st.query_params.from_dict({"dict": dict_name, "feature": str(int(feature))})
+
+
+def first_alive(name: str) -> int:
+    idx = included(dicts[name])
+    return int(idx[0]) if len(idx) else 0
+
+
+def on_dict() -> None:
+    new = st.session_state["nb_dict"]
+    go(new, first_alive(new))
+
+
+def on_feature() -> None:
+    go(st.session_state["nb_dict"], st.session_state["nb_feature"])
+
+
+def step(direction: int) -> None:
+    """Previous (-1), next (+1) alive feature, wrapping around; 0: a random alive one."""
+    name = st.session_state["nb_dict"]
+    alive = included(dicts[name])
+    if len(alive) == 0:
+        return
+    cur = int(st.session_state["nb_feature"])
+    if direction == 0:
+        new = int(np.random.default_rng().choice(alive))
+    elif direction > 0:
+        later = alive[alive > cur]
+        new = int(later[0] if len(later) else alive[0])
+    else:
+        earlier = alive[alive < cur]
+        new = int(earlier[-1] if len(earlier) else alive[-1])
+    go(name, new)
+
+
+def on_pick(target: str, key: str) -> None:
+    picked = st.session_state.get(key)
+    if picked is not None:
+        go(target, picked)
+
+
+# --- Which feature: from the URL ------------------------------------------------------------
+name = st.query_params.get("dict", names[0])
+if name not in dicts:
+    st.error(f"No dictionary named {name!r} is loaded (loaded: {', '.join(names)}).")
+    name = names[0]
+d = dicts[name]
+try:
+    feature = check_feature(d, st.query_params.get("feature", first_alive(name)))
+    bad_feature = None
+except SAEError as e:
+    bad_feature, feature = e, first_alive(name)
+st.session_state["nb_dict"] = name
+st.session_state["nb_feature"] = feature
+
+c1, c2, c3, c4, c5 = st.columns([2, 2, 1, 1, 1], vertical_alignment="bottom")
+c1.selectbox("Dictionary", names, key="nb_dict", on_change=on_dict)
+c2.number_input(
+    f"Feature (0..{d.n_features - 1})",
+    min_value=0,
+    max_value=d.n_features - 1,
+    step=1,
+    key="nb_feature",
+    on_change=on_feature,
+)
+c3.button("◀ previous", on_click=step, args=(-1,), help="previous alive feature")
+c4.button("next ▶", on_click=step, args=(1,), help="next alive feature")
+c5.button("random", on_click=step, args=(0,), help="a random alive feature")
+c1, c2, c3 = st.columns([2, 2, 2])
+k = c1.slider("Neighbours per dictionary", 1, 100, 10)
+directions = c2.radio("Rank by", ["decoder", "encoder"], horizontal=True)
+small = all(x.n_features <= 4096 for x in dicts.values())
+show_match = c3.checkbox("One-to-one match", value=small, help="optimal matching, once per pair")
+
+if bad_feature is not None:
+    ds.show_error(bad_feature, name)
+    st.stop()
+go(name, feature)  # normalise the URL (e.g. a bare /Neighbours gets its feature)
+
+# --- The feature ----------------------------------------------------------------------------
+st.subheader(f"{name} · feature {feature}")
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("alive", "yes" if d.alive[feature] else "no")
+m2.metric("density", "unknown" if d.density is None else f"{float(d.density[feature]):.3g}")
+if d.has_encoder:
+    ed = encoder_decoder_cosine(d.encoder[[feature]], d.decoder[[feature]])[0]
+    m3.metric("encoder–decoder cosine", f"{float(ed):.3f}")
+m4.metric("decoder norm", f"{float(d.decoder_norms[feature]):.3g}")
+if d.meta.neuronpedia_id:
+    st.markdown(f"[Open on Neuronpedia]({feature_url(d.meta.neuronpedia_id, feature)})")
+if ds.is_toy(ds.entries()[name]["uri"]):
+    st.caption(ds.TOY_NOTE)
+
+
+# --- Its neighbours in every dictionary -----------------------------------------------------
+def partner(target: str) -> tuple[int, float] | None:
+    """The one-to-one match of this feature in `target`, if computed and matched."""
+    if not show_match or target == name:
+        return None
+    pos = np.searchsorted(included(d), feature)
+    if pos >= len(included(d)) or included(d)[pos] != feature:
+        return None  # a dead feature takes no part in the matching
+    with st.spinner(f"Matching {name} with {target} one-to-one ..."):
+        m = ds.matching(d, dicts[target], directions)
+    j = int(m.b_index[pos])
+    return None if j < 0 else (j, float(m.cosine[pos]))
+
+
+for target in [name] + [n for n in names if n != name]:
+    other = dicts[target]
+    title = f"within {target} (itself excluded)" if target == name else f"in {target}"
+    st.markdown(f"**{title}**")
+    try:
+        nb = feature_neighbours(d, feature, None if target == name else other, k=k,
+                                directions=directions)  # fmt: skip
+        pair = partner(target)
+    except SAEError as e:
+        ds.show_error(e, target)
+        continue
+    table = pd.DataFrame(
+        {
+            "feature": nb.index,
+            "cosine": nb.cosine,
+            "decoder cos": nb.decoder,
+            "encoder cos": nb.encoder if nb.encoder is not None else np.nan,
+        }
+    )
+    if pair is not None:
+        table["1-to-1"] = np.where(nb.index == pair[0], "✓", "")
+        st.caption(f"One-to-one match: feature {pair[0]} (cosine {pair[1]:.3f}).")
+    if other.density is not None:
+        table["density"] = other.density[nb.index]
+    config = {c: st.column_config.NumberColumn(format="%.4f") for c in table.columns[1:4]}
+    if other.meta.neuronpedia_id:
+        table["Neuronpedia"] = [feature_url(other.meta.neuronpedia_id, i) for i in nb.index]
+        config["Neuronpedia"] = st.column_config.LinkColumn(display_text="open")
+    st.dataframe(table, hide_index=True, column_config=config, key=f"table_{target}")
+    key = f"go_{target}_{name}_{feature}_{directions}_{k}"
+    st.pills(
+        f"Open a neighbour in {target}",
+        [int(i) for i in nb.index],
+        key=key,
+        on_change=on_pick,
+        args=(target, key),
+    )
