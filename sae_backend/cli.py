@@ -1,4 +1,4 @@
-"""Command line over the same API the app uses: `python -m sae_backend info|compare ...`.
+"""Command line over the same API the app uses: `python -m sae_backend info|compare|umap ...`.
 
 Expected bad input (unknown URI, broken file, mismatched d_model, k out of range) prints one
 line `error: ...` to stderr and exits 2; output files are written whole or not at all.
@@ -22,6 +22,7 @@ from .dictionary import Dictionary
 from .errors import SAEError
 from .geometry.compare import DIRECTIONS, MAX_K, compare, included, match
 from .loader import load
+from .projection import default_epochs, umap_embedding
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +67,25 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
     _load_options(cmp_)
     cmp_.set_defaults(run=_compare)
+
+    um = sub.add_parser(
+        "umap",
+        help="joint UMAP of several dictionaries' alive features, into the cache (and a CSV)",
+        description="Computes one UMAP (cosine metric, exact kNN graph) of the included "
+        "features of all SRCs into the disk cache, so the app finds it ready; with --output "
+        "also writes CSV columns RunType,EmbeddingIndex,X,Y (RunType = the SRC as given, "
+        "EmbeddingIndex = feature index).",
+    )
+    um.add_argument("srcs", nargs="+", metavar="SRC")
+    um.add_argument("--output", "-o", help="CSV file to write (RunType,EmbeddingIndex,X,Y)")
+    um.add_argument("--n-neighbors", type=int, default=15)
+    um.add_argument("--min-dist", type=float, default=0.1)
+    um.add_argument("--seed", type=int, default=0)
+    um.add_argument("--directions", choices=DIRECTIONS, default="decoder")
+    um.add_argument("--device", default="auto", help="for the kNN graph: auto, cpu, cuda or mps")
+    um.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
+    _load_options(um)
+    um.set_defaults(run=_umap)
     return p
 
 
@@ -139,8 +159,34 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _umap(args: argparse.Namespace) -> int:
+    if args.no_cache and args.output is None:
+        raise SAEError("nothing to do: --no-cache without --output would compute and discard")
+    dicts = [_load(src, args) for src in args.srcs]
+    n = sum(len(included(d)) for d in dicts)
+    with _bar(n + default_epochs(n), "umap (kNN rows, then epochs)", unit="step") as tick:
+        emb = umap_embedding(
+            dicts, directions=args.directions, n_neighbors=args.n_neighbors,
+            min_dist=args.min_dist, seed=args.seed, device=args.device,
+            cache=not args.no_cache, progress=tick,
+        )  # fmt: skip
+    if args.output is not None:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["RunType", "EmbeddingIndex", "X", "Y"])
+        for i, f, (x, y) in zip(emb.dict_index, emb.feature, emb.xy, strict=True):
+            w.writerow([args.srcs[i], int(f), f"{x:.6f}", f"{y:.6f}"])
+        _write_atomic(Path(args.output), buf.getvalue())
+    where = "" if args.no_cache else " (cached)"
+    print(
+        f"umap of {len(emb)} features from {len(dicts)} dictionaries ({args.directions}, "
+        f"n_neighbors {args.n_neighbors}, min_dist {args.min_dist:g}, seed {args.seed}){where}"
+    )
+    return 0
+
+
 def _write_csv(path: Path, res, matched, k: int) -> None:
-    """Write the table to a temporary file beside `path`, then rename: never half a file."""
+    """The compare table, one row per included feature of A, written whole or not at all."""
     buf = io.StringIO()
     w = csv.writer(buf)
     header = ["feature", "max_cos", "nearest"]
@@ -160,11 +206,16 @@ def _write_csv(path: Path, res, matched, k: int) -> None:
             j, c = int(matched.b_index[row]), float(matched.cosine[row])
             line += [j, "" if np.isnan(c) else f"{c:.7f}"]
         w.writerow(line)
+    _write_atomic(path, buf.getvalue())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename: never half a file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", newline="") as f:
-            f.write(buf.getvalue())
+            f.write(text)
         os.replace(tmp, path)
     except OSError as e:
         raise SAEError(f"cannot write {path}: {e.strerror or e}") from None
@@ -197,13 +248,13 @@ def _print_summary(a: Dictionary, b: Dictionary | None, res, matched) -> None:
 class _bar:
     """A tqdm progress bar on stderr driven by progress(done, total) callbacks."""
 
-    def __init__(self, total: int, what: str):
-        self.total, self.what = total, what
+    def __init__(self, total: int, what: str, unit: str = "feat"):
+        self.total, self.what, self.unit = total, what, unit
 
     def __enter__(self):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.total, desc=self.what, unit="feat", file=sys.stderr,
+        self.bar = tqdm(total=self.total, desc=self.what, unit=self.unit, file=sys.stderr,
                         disable=None, leave=False)  # fmt: skip
         return self.update
 

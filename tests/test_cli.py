@@ -139,3 +139,46 @@ def test_module_entry_point_e2e_positions(tmp_path):
     info = json.loads(ok.stdout)
     assert info["hook"] == "blocks.6.hook_resid_pre" and info["layer"] == 6
     assert info["n_features"] == 30 and info["format"] == "e2e_sae"
+
+
+def test_umap_writes_neuronpedia_csv_and_fills_the_cache(tmp_path, capsys, pair):
+    """`umap A B -o out.csv`: one row per included feature, RunType = the SRC as typed; the
+    embedding lands in the cache, so a second run (and the app) reads it instead."""
+    from sae_backend.cache import ArrayCache
+    from sae_backend.loader import load
+    from sae_backend.projection import umap_embedding
+
+    a, b, _, _, _, alive_a = pair
+    out = tmp_path / "umap.csv"
+    args = ["umap", str(a), str(b), "-o", str(out), "--n-neighbors", "8", "--seed", "3"]
+    assert main(args) == 0
+    assert "umap of 398 features from 2 dictionaries" in capsys.readouterr().out
+    rows = read_csv(out)
+    assert list(rows[0]) == ["RunType", "EmbeddingIndex", "X", "Y"]
+    assert [r["RunType"] for r in rows] == [str(a)] * 198 + [str(b)] * 200
+    index = [int(r["EmbeddingIndex"]) for r in rows]
+    assert index == np.flatnonzero(alive_a).tolist() + list(range(200))
+    store = ArrayCache()  # the default folder, as the app would open it
+    emb = umap_embedding([load(str(a)), load(str(b))], n_neighbors=8, seed=3, cache=store)
+    assert store.stats.hits == 1 and store.stats.misses == 0
+    xy = np.array([[float(r["X"]), float(r["Y"])] for r in rows])
+    np.testing.assert_allclose(xy, emb.xy, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["umap", "{a}", "{c}", "-o", "{out}"], "d_model"),
+        (["umap", "{c}", "-o", "{out}"], "6 alive features"),
+        (["umap", "{a}", "-o", "{out}", "--min-dist", "3"], "min_dist"),
+        (["umap", "{a}", "--no-cache"], "nothing to do"),
+    ],
+)
+def test_umap_bad_input_is_one_line(tmp_path, capsys, pair, args, message):
+    a, *_ = pair
+    c = write_saelens(tmp_path / "c", np.eye(6), None)
+    out = tmp_path / "never.csv"
+    assert main([x.format(a=a, c=c, out=out) for x in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not out.exists()
