@@ -17,8 +17,8 @@ from sae_backend.catalogue import catalogue
 ds.page("Dictionaries")
 st.title("SAE dictionary geometry")
 st.caption(
-    "Load sparse-autoencoder dictionaries, then compare their features on the Similarity, "
-    "Neighbours and UMAP pages (sidebar). " + ds.TOY_NOTE
+    "Load sparse-autoencoder dictionaries, then compare their features on the other pages "
+    "(sidebar). Names are what the other pages and their URLs use."
 )
 
 # --- The table of loaded dictionaries -------------------------------------------------------
@@ -67,7 +67,11 @@ with by_uri:
         c1, c2, c3 = st.columns(3)
         name = c1.text_input("Name (short; used in URLs)", placeholder="automatic")
         position = c2.text_input("Position (files with several SAEs)", placeholder="optional")
-        orientation = c3.selectbox("Orientation (plain matrices only)", ["", "rows", "columns"])
+        orientation = c3.selectbox(
+            "Orientation (plain matrices only)",
+            ["", "rows", "columns"],
+            format_func=lambda o: o or "from the file",
+        )
         submitted = st.form_submit_button("Load")
     if submitted:
         if not uri.strip():
