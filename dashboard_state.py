@@ -63,18 +63,17 @@ def show_error(err: SAEError, what: str = "") -> None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _load(uri: str, options: tuple[tuple[str, str], ...], _progress=None) -> Dictionary:
-    return load(uri, **dict(options), progress=_progress)
+def _load(uri: str, options: tuple[tuple[str, str], ...]) -> Dictionary:
+    return load(uri, **dict(options))
 
 
-def load_entry(
-    uri: str, options: dict[str, str] | None = None, progress: Callable | None = None
-) -> Dictionary:
-    """The Dictionary for (uri, options), from the process-wide cache; raises SAEError.
+def load_entry(uri: str, options: dict[str, str] | None = None) -> Dictionary:
+    """The Dictionary for (uri, options), from the process-wide cache; raises SAEError."""
+    return _load(uri, _options_key(options))
 
-    progress(done, total, what) is called during downloads (the first load only)."""
-    opts = tuple(sorted((k, v) for k, v in (options or {}).items() if v))
-    return _load(uri, opts, progress)
+
+def _options_key(options: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in (options or {}).items() if v))
 
 
 def get(name: str) -> Dictionary:
@@ -104,11 +103,14 @@ def add(name: str, uri: str, options: dict[str, str] | None = None) -> Dictionar
         )
     if name in entries():
         raise InputError(f"the name {name!r} is taken; remove it first or choose another")
+    # A first load with a progress bar (downloads, the backend's disk cache), outside the
+    # st.cache_resource function: cached functions must not update elements made outside.
     bar, update = progress_callback(f"Loading {uri} ...")
     try:
-        d = load_entry(uri, options, update)
+        load(uri, **dict(_options_key(options)), progress=update)
     finally:
         bar.empty()
+    d = load_entry(uri, options)
     entries()[name] = {"uri": uri, "options": {k: v for k, v in (options or {}).items() if v}}
     return d
 

@@ -31,8 +31,8 @@ ARGS = [
     "--no-first-run",
 ]
 # Shown while the script runs, and in place of elements whose code is still loading.
-BUSY = '[data-testid="stStatusWidget"], [data-testid="stSkeleton"]'
-PAGES = {"home": "/", "similarity": "/Similarity", "neighbours": "/Neighbours"}
+BUSY = '[data-testid="stStatusWidget"], [data-testid="stSkeleton"], [data-testid="stProgress"]'
+PAGES = {"home": "/", "similarity": "/Similarity", "neighbours": "/Neighbours", "umap": "/UMAP"}
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not CHROMIUM.exists():
@@ -129,6 +129,9 @@ def assert_no_exception(page) -> None:
 def test_page_opens_without_exception(server, page, name):
     page.goto(server + PAGES[name])
     wait_rendered(page)
+    if name in ("similarity", "umap"):
+        page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
+        wait_rendered(page)
     assert_no_exception(page)
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
     shot(page, f"page_{name}")
@@ -136,6 +139,7 @@ def test_page_opens_without_exception(server, page, name):
         "home": "SAE dictionary geometry",
         "similarity": "Similarity",
         "neighbours": "Neighbours",
+        "umap": "UMAP",
     }
     assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == titles[name]
 

@@ -1,0 +1,173 @@
+"""UMAP: one joint embedding of the alive directions of chosen dictionaries; click and select.
+
+The embedding comes from `sae_backend.projection.umap_embedding` (cached on disk by the
+dictionaries' fingerprints and the parameters; `python -m sae_backend` can precompute it).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import dashboard_state as ds
+from sae_backend import SAEError
+from sae_backend.geometry.neighbours import feature_neighbours
+from sae_backend.projection import umap_embedding
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+AUTO_LIMIT = 10_000  # compute without asking up to this many points; larger: on a button
+
+ds.page("UMAP")
+st.title("UMAP")
+st.caption(
+    "A 2-D map (UMAP, cosine metric) of the alive decoder or encoder directions of the chosen "
+    "dictionaries, in one embedding. Click a point for its neighbours; box or lasso select "
+    "points for a table and downloads."
+)
+dicts = ds.dictionaries()
+names = list(dicts)
+if not names:
+    st.info("Load a dictionary on the home page first.")
+    st.stop()
+
+c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
+chosen = c1.multiselect("Dictionaries", names, default=names[:2])
+directions = c2.radio("Directions", ["decoder", "encoder"])
+n_neighbors = c3.number_input("n_neighbors", 2, 200, 15)
+min_dist = c4.number_input("min_dist", 0.0, 1.0, 0.1, step=0.05)
+seed = c5.number_input("seed", 0, 10_000, 0)
+if not chosen:
+    st.info("Choose at least one dictionary.")
+    st.stop()
+
+
+selected_dicts = [dicts[n] for n in chosen]
+n_points = sum(ds.n_included(d) for d in selected_dicts)
+if n_points > AUTO_LIMIT and not st.button(f"Compute the embedding of {n_points:,} points"):
+    st.info(f"{n_points:,} points: computing takes a while (once; then it is cached).")
+    st.stop()
+bar, update = ds.progress_callback(f"UMAP of {n_points:,} points ...")
+try:
+    # No st.cache_*: the backend caches embeddings on disk (a hit costs one small read), and a
+    # cached Streamlit function could not drive the progress bar.
+    emb = umap_embedding(
+        selected_dicts, directions=directions, n_neighbors=int(n_neighbors),
+        min_dist=float(min_dist), seed=int(seed), progress=update,
+    )  # fmt: skip
+except SAEError as e:
+    ds.show_error(e)
+    st.stop()
+finally:
+    bar.empty()
+
+# --- Colour ---------------------------------------------------------------------------------
+colour_options = ["dictionary", "within-dictionary max cos", "density"]
+colour_options += [f"max cos to {n}" for n in names]
+colour = st.selectbox("Colour by", colour_options)
+
+
+def metric_values() -> np.ndarray:  # [N] float, NaN where unknown
+    values = np.full(len(emb), np.nan)
+    for k, d in enumerate(selected_dicts):
+        sel = emb.dict_index == k
+        feats = emb.feature[sel]
+        if colour == "density":
+            if d.density is not None:
+                values[sel] = d.density[feats]
+            continue
+        other = None
+        if colour.startswith("max cos to "):
+            target = dicts[colour.removeprefix("max cos to ")]
+            other = None if target is d else target
+        res = ds.compare_named(d, other, directions)
+        pos = {int(f): i for i, f in enumerate(res.a_index)}
+        values[sel] = [res.max_cos[pos[int(f)]] for f in feats]
+    return values
+
+
+fig = go.Figure()
+traces: list[np.ndarray] = []  # per trace: [m] positions into the embedding
+try:
+    if colour == "dictionary":
+        for k, name in enumerate(chosen):
+            idx = np.flatnonzero(emb.dict_index == k)
+            traces.append(idx)
+            fig.add_trace(
+                go.Scattergl(x=emb.xy[idx, 0], y=emb.xy[idx, 1], mode="markers", name=name,
+                             marker={"size": 4, "opacity": 0.7, "color": PALETTE[k % len(PALETTE)]},
+                             customdata=emb.feature[idx],
+                             hovertemplate=f"{name} #%{{customdata}}<extra></extra>")
+            )  # fmt: skip
+    else:
+        values = metric_values()
+        idx = np.arange(len(emb))
+        traces.append(idx)
+        labels = np.asarray(chosen)[emb.dict_index]
+        fig.add_trace(
+            go.Scattergl(x=emb.xy[:, 0], y=emb.xy[:, 1], mode="markers",
+                         marker={"size": 4, "color": values, "colorscale": "Viridis",
+                                 "showscale": True, "colorbar": {"title": colour}},
+                         customdata=np.stack([labels, emb.feature, values], 1),
+                         hovertemplate="%{customdata[0]} #%{customdata[1]}: %{customdata[2]:.3f}"
+                                       "<extra></extra>")
+        )  # fmt: skip
+except SAEError as e:
+    ds.show_error(e)
+    st.stop()
+fig.update_layout(height=650, dragmode="lasso", margin={"t": 20}, legend={"itemsizing": "constant"})
+event = st.plotly_chart(
+    fig, key="umap", on_select="rerun", selection_mode=("points", "box", "lasso")
+)
+
+points = event.selection.points if event else []
+picked = np.array(
+    sorted({int(traces[p["curve_number"]][p["point_index"]]) for p in points}), dtype=np.int64
+)
+
+# --- One point: its neighbours --------------------------------------------------------------
+if len(picked) == 1:
+    i = int(picked[0])
+    name, feature = chosen[int(emb.dict_index[i])], int(emb.feature[i])
+    st.subheader(f"{name} · feature {feature}")
+    st.page_link(
+        "pages/2_Neighbours.py",
+        label=f"Open {name} feature {feature} on the Neighbours page",
+        query_params={"dict": name, "feature": str(feature)},
+    )
+    nb = feature_neighbours(dicts[name], feature, k=5, directions=directions)
+    st.dataframe(
+        pd.DataFrame({"neighbour in " + name: nb.index, "cosine": nb.cosine}), hide_index=True
+    )
+
+# --- A selection: table per dictionary and downloads ----------------------------------------
+elif len(picked) > 1:
+    st.subheader(f"{len(picked)} selected features")
+    rows = pd.DataFrame(
+        {
+            "RunType": np.asarray(chosen)[emb.dict_index[picked]],
+            "EmbeddingIndex": emb.feature[picked],
+            "X": emb.xy[picked, 0],
+            "Y": emb.xy[picked, 1],
+        }
+    )
+    for name, part in rows.groupby("RunType", sort=False):
+        st.markdown(f"**{name}**: {len(part)} features")
+        st.dataframe(part.drop(columns="RunType"), hide_index=True)
+    c1, c2 = st.columns(2)
+    c1.download_button("Selection (CSV)", rows.to_csv(index=False), "umap_selection.csv")
+    indices = {n: [int(f) for f in p["EmbeddingIndex"]] for n, p in rows.groupby("RunType")}
+    c2.download_button("Selection (JSON)", json.dumps(indices), "umap_selection.json")
+
+all_rows = pd.DataFrame(
+    {
+        "RunType": np.asarray(chosen)[emb.dict_index],
+        "EmbeddingIndex": emb.feature,
+        "X": emb.xy[:, 0],
+        "Y": emb.xy[:, 1],
+    }
+)
+st.download_button("Whole embedding (CSV)", all_rows.to_csv(index=False), "umap_embedding.csv")
