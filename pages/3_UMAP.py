@@ -25,8 +25,8 @@ ds.page("UMAP")
 st.title("UMAP")
 st.caption(
     "A 2-D map (UMAP, cosine metric) of the alive decoder or encoder directions of the chosen "
-    "dictionaries, in one embedding. Click a point for its neighbours; box or lasso select "
-    "points for a table and downloads."
+    "dictionaries, in one embedding. Click a point for its neighbours; drag to zoom; "
+    "choose box or lasso select in the chart's toolbar (top right) for a table and downloads."
 )
 dicts = ds.dictionaries()
 names = list(dicts)
@@ -118,7 +118,14 @@ try:
 except SAEError as e:
     ds.show_error(e)
     st.stop()
-fig.update_layout(height=650, dragmode="lasso", margin={"t": 20}, legend={"itemsizing": "constant"})
+# Drag zooms and a click picks a point: Streamlit ignores clicks while the drag mode is box or
+# lasso select, which the chart's toolbar switches to.
+fig.update_layout(
+    height=650,
+    dragmode="zoom",
+    margin={"t": 20},
+    legend={"itemsizing": "constant"},
+)
 event = st.plotly_chart(
     fig, key="umap", on_select="rerun", selection_mode=("points", "box", "lasso")
 )

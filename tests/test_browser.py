@@ -2,7 +2,8 @@
 
 The test starts `streamlit run app.py` itself on a free loopback port (with a private
 SAE_CACHE_DIR), opens every page, checks that no exception element is shown, follows a
-Neighbours deep link, clicks a neighbour, and saves screenshots under artifacts/ (look at
+Neighbours deep link, clicks a neighbour, clicks a UMAP point (placed through plotly's own axis
+transforms) and box / lasso selects a region, and saves screenshots under artifacts/ (look at
 them). No browser is ever downloaded: Playwright launches /usr/bin/chromium.
 """
 
@@ -170,3 +171,97 @@ def test_bad_feature_link_shows_an_error_not_a_traceback(server, page):
     assert_no_exception(page)
     assert "out of range" in page.locator('[data-testid="stAlertContentError"]').inner_text()
     shot(page, "neighbours_bad_feature")
+
+
+# The UMAP scatter's points in page coordinates, through plotly's own axis transforms (d2p), so
+# a click lands exactly on a chosen point. Returns [{trace, name, feature, x, y}] per point.
+POINTS_JS = """() => {
+  const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+  const box = gd.getBoundingClientRect();
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const out = [];
+  gd._fullData.forEach((t, k) => {
+    const xs = Array.from(t.x), ys = Array.from(t.y), cd = Array.from(t.customdata);
+    xs.forEach((x, i) => out.push({
+      trace: k, name: t.name, feature: Number(cd[i]),
+      x: box.left + xa._offset + xa.d2p(x), y: box.top + ya._offset + ya.d2p(ys[i]),
+    }));
+  });
+  return out;
+}"""
+
+
+def open_umap(server, page):
+    page.goto(server + "/UMAP")
+    wait_rendered(page)
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .js-plotly-plot', timeout=90_000)
+    wait_rendered(page)
+    assert_no_exception(page)
+    points = page.evaluate(POINTS_JS)
+    assert {p["name"] for p in points} == {"toy-a", "toy-b"}  # the default: first two dicts
+    return points
+
+
+def test_umap_click_on_a_point_shows_that_feature(server, page):
+    points = open_umap(server, page)
+    # The most isolated point on screen, so the click cannot be taken by a neighbour.
+    xy = [(p["x"], p["y"]) for p in points]
+    gap = [min((x - u) ** 2 + (y - v) ** 2 for j, (u, v) in enumerate(xy) if j != i)
+           for i, (x, y) in enumerate(xy)]  # fmt: skip
+    target = points[max(range(len(points)), key=gap.__getitem__)]
+    page.mouse.move(target["x"], target["y"])
+    page.mouse.click(target["x"], target["y"])
+    heading = f"{target['name']} · feature {target['feature']}"
+    page.get_by_role("heading", name=heading).wait_for(timeout=30_000)
+    wait_rendered(page)
+    assert_no_exception(page)
+    shot(page, "umap_after_click")
+    # The link to that feature's Neighbours page opens it.
+    link = page.get_by_role("link", name=re.compile(rf"feature {target['feature']} on the"))
+    link.click()
+    page.wait_for_url(
+        re.compile(rf"Neighbours\?dict={target['name']}&feature={target['feature']}$"),
+        timeout=30_000,
+    )
+    wait_rendered(page)
+    assert page.get_by_role("heading", name=heading).count() == 1
+    assert_no_exception(page)
+
+
+@pytest.mark.parametrize("tool", ["Box Select", "Lasso Select"])
+def test_umap_selection_gives_the_table_and_csv(server, page, tmp_path, tool):
+    points = open_umap(server, page)
+    xs, ys = sorted(p["x"] for p in points), sorted(p["y"] for p in points)
+    n = len(points)
+    # The tool from the chart's toolbar (shown on hover), then a rectangle over the middle of
+    # the cloud: the box tool takes its corners, the lasso the path along its sides.
+    page.mouse.move(xs[n // 2], ys[n // 2])
+    page.locator(f'.modebar-btn[data-title="{tool}"]').click()
+    x0, x1, y0, y1 = xs[n // 3], xs[2 * n // 3], ys[n // 3], ys[2 * n // 3]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    path = [(x1, y1)] if tool == "Box Select" else [(x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    for x, y in path:
+        page.mouse.move(x, y, steps=15)
+    page.mouse.up()
+    page.get_by_role("heading", name=re.compile(r"\d+ selected features")).wait_for(timeout=30_000)
+    wait_rendered(page)
+    assert_no_exception(page)
+    shot(page, f"umap_after_{tool.split()[0].lower()}_select")
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Selection (CSV)").click()
+    path = tmp_path / "selection.csv"
+    info.value.save_as(path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "RunType,EmbeddingIndex,X,Y"
+    got = {(r.split(",")[0], int(r.split(",")[1])) for r in lines[1:]}
+
+    def inside(p, margin):
+        return x0 + margin < p["x"] < x1 - margin and y0 + margin < p["y"] < y1 - margin
+
+    surely_in = {(p["name"], p["feature"]) for p in points if inside(p, 2)}
+    maybe_in = {(p["name"], p["feature"]) for p in points if inside(p, -2)}
+    assert len(surely_in) > 20
+    assert surely_in <= got <= maybe_in
+    heading = page.get_by_role("heading", name=re.compile(r"\d+ selected features"))
+    assert heading.inner_text().strip() == f"{len(got)} selected features"
