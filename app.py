@@ -116,11 +116,19 @@ with by_upload:
         "in a file is ever run."
     )
     files = st.file_uploader("Files", accept_multiple_files=True)
-    up_name = st.text_input("Name", key="upload_name", placeholder="automatic")
+    c1, c2 = st.columns(2)
+    up_name = c1.text_input("Name", key="upload_name", placeholder="automatic")
+    up_orientation = c2.selectbox(
+        "Orientation (plain matrices only)",
+        ["", "rows", "columns"],
+        format_func=lambda o: o or "from the file",
+        key="upload_orientation",
+    )
     if files and st.button("Load upload"):
         try:
             path = ds.save_upload(files)
-            ds.add(up_name.strip() or ds.suggest_name(files[0].name), path)
+            name = up_name.strip() or ds.suggest_name(files[0].name)
+            ds.add(name, path, {"orientation": up_orientation})
             st.rerun()
         except SAEError as e:
             ds.show_error(e)

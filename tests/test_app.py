@@ -6,13 +6,19 @@ generator (`sae_backend.demo.toy_matrices`), independently of the backend's top-
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 
-from sae_backend.demo import toy_matrices
+from sae_backend import load
+from sae_backend.demo import demo_sources, toy_matrices
+from sae_backend.geometry.compare import included
+from sae_backend.projection import umap_embedding
 from tests.factories import unit_rows, write_saelens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,3 +179,99 @@ def test_adding_a_mismatched_dictionary_then_comparing_gives_an_error(tmp_path):
     assert not at.exception
     assert any("d_model" in e.value for e in at.error)
     assert list(at.dataframe[0].value["comparison"]) == ["toy-a → toy-b"]
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def upload_and_load(at: AppTest, files, name: str, orientation: str = "") -> AppTest:
+    at.file_uploader[0].set_value(files).run()  # the Load button appears once files are there
+    at.text_input(key="upload_name").input(name)
+    at.selectbox(key="upload_orientation").set_value(orientation)
+    return button(at, "Load upload").click().run()
+
+
+def test_upload_saelens_folder_and_plain_matrix_with_orientation(tmp_path):
+    rng = np.random.default_rng(5)
+    dec = rng.standard_normal((50, 64))
+    dec[:10] = dec[10:20] * 3.0  # planted duplicates (scaled): within-MMCS sees them
+    folder = write_saelens(tmp_path / "sae", dec, rng.standard_normal((50, 64)))
+    files = [(f.name, f.read_bytes(), "application/octet-stream") for f in folder.iterdir()]
+    at = upload_and_load(app("app.py"), files, "up1")
+    ok(at)
+    table = at.dataframe[0].value.set_index("name")
+    assert table.loc["up1", ["features", "d_model", "format"]].tolist() == [50, 64, "saelens"]
+    unit = unit_rows(dec)[0]
+    s = unit @ unit.T
+    np.fill_diagonal(s, -np.inf)
+    assert table.loc["up1", "within MMCS"] == pytest.approx(s.max(1).mean(), abs=1e-5)
+    # A plain [d, n] matrix needs its orientation: without one, one error and nothing added.
+    buf = io.BytesIO()
+    np.save(buf, dec.T.astype(np.float32))
+    plain = ("w.npy", buf.getvalue(), "application/octet-stream")
+    at = upload_and_load(at, plain, "plain")
+    assert not at.exception
+    assert len(at.error) == 1 and "orientation" in at.error[0].value
+    assert "plain" not in list(at.dataframe[0].value["name"])
+    at = upload_and_load(at, plain, "plain", "columns")
+    ok(at)
+    table = at.dataframe[0].value.set_index("name")
+    assert table.loc["plain", ["features", "d_model"]].tolist() == [50, 64]
+    assert table.loc["plain", "within MMCS"] == pytest.approx(s.max(1).mean(), abs=1e-5)
+
+
+def select_points(at: AppTest, key: str, points: list[tuple[int, int]]) -> AppTest:
+    """Rerun `at` as if the browser had selected (curve, point index) pairs in the plotly chart
+    `key`. AppTest has no plotly element, so this sends the selection the way the frontend
+    does: as the chart's JSON widget state (uses AppTest's private _tree/_run)."""
+    chart = next(e for e in at.get("plotly_chart") if e.key == key)
+    states = at._tree.get_widget_states()
+    selection = {
+        "points": [{"curve_number": c, "point_index": i, "point_number": i} for c, i in points],
+        "point_indices": [i for _, i in points],
+        "box": [],
+        "lasso": [],
+    }
+    states.widgets.append(
+        WidgetState(id=chart.proto.id, string_value=json.dumps({"selection": selection}))
+    )
+    return at._run(states)
+
+
+def test_umap_point_and_region_selection(ref):
+    # Through the home page, as in the app: the page's link to Neighbours is relative to it.
+    at = app("app.py").switch_page("pages/3_UMAP.py").run()
+    ok(at)
+    # The page's embedding (default parameters, toy-a and toy-b), from the backend's disk cache.
+    demo = demo_sources()
+    dicts = [load(demo["toy-a"]), load(demo["toy-b"])]
+    emb = umap_embedding(dicts)
+    traces = [np.flatnonzero(emb.dict_index == k) for k in range(2)]  # one trace per dictionary
+    np.testing.assert_array_equal(emb.feature[traces[0]], included(dicts[0]))
+
+    # One point (the 7th of toy-b's trace): that feature, and its float64 neighbours within toy-b.
+    at = select_points(at, "umap", [(1, 7)])
+    ok(at)
+    feature = int(emb.feature[traces[1][7]])
+    assert at.subheader[0].value == f"toy-b · feature {feature}"
+    r = ref["toy-b"]
+    cand = np.flatnonzero(r["alive"])
+    cand = cand[cand != feature]
+    s = r["dec"][cand] @ r["dec"][feature]
+    order = np.argsort(-s, kind="stable")[:5]
+    table = at.dataframe[0].value
+    np.testing.assert_array_equal(table["neighbour in toy-b"].to_numpy(), cand[order])
+    np.testing.assert_allclose(table["cosine"].to_numpy(), s[order], atol=1e-5)
+
+    # A region: points of both traces -> one table per dictionary with the embedding's X, Y.
+    picks = [(0, 3), (0, 40), (1, 7), (1, 2), (0, 3)]  # a repeat counts once
+    at = select_points(at, "umap", picks)
+    ok(at)
+    assert at.subheader[0].value == "4 selected features"
+    for k, part in enumerate(at.dataframe[:2]):
+        pos = np.sort([traces[k][i] for c, i in set(picks) if c == k])
+        got = part.value
+        np.testing.assert_array_equal(got["EmbeddingIndex"].to_numpy(), emb.feature[pos])
+        np.testing.assert_allclose(got["X"].to_numpy(), emb.xy[pos, 0])
+        np.testing.assert_allclose(got["Y"].to_numpy(), emb.xy[pos, 1])
