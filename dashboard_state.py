@@ -9,6 +9,7 @@ fresh session, so a deep link opened in a new tab works too.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tempfile
 from collections.abc import Callable
@@ -30,6 +31,7 @@ TOY_NOTE = (
     "The bundled demo is a **toy**: random directions with planted overlaps (toy-b shares half "
     "of toy-a's directions, toy-a-seed2 is a perturbed copy), not SAEs trained on a model."
 )
+WANDB_KEY = "WANDB_API_KEY"  # a Streamlit secret of a hosted instance; the wandb client's variable
 UPLOAD_LIMIT_MB = 512  # also server.maxUploadSize in .streamlit/config.toml
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 
@@ -37,6 +39,7 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 def page(title: str) -> None:
     """Page config, demo on first visit, and the sidebar list of loaded dictionaries."""
     st.set_page_config(page_title=f"SAE geometry · {title}", layout="wide")
+    wandb_key_from_secrets()
     if STATE_KEY not in st.session_state:
         st.session_state[STATE_KEY] = {
             name: {"uri": uri, "options": {}} for name, uri in demo_sources().items()
@@ -47,6 +50,21 @@ def page(title: str) -> None:
             st.markdown(f"- **{name}** · `{_short(entry['uri'])}`")
         if any(is_toy(e["uri"]) for e in entries().values()):
             st.caption(TOY_NOTE)
+
+
+def wandb_key_from_secrets() -> None:
+    """Copy the WANDB_API_KEY secret (`.streamlit/secrets.toml`, or a host's secrets) into the
+    environment, where the wandb client reads its key; before any wandb: load, never shown.
+
+    The secret wins over an inherited variable, as with Streamlit's own promotion of root-level
+    secrets to the environment. No secrets file is normal (local use): nothing happens.
+    """
+    try:
+        key = st.secrets.get(WANDB_KEY)
+    except FileNotFoundError:  # StreamlitSecretNotFoundError: no secrets file, or unreadable
+        return
+    if isinstance(key, str) and key.strip():
+        os.environ[WANDB_KEY] = key.strip()
 
 
 def entries() -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from sae_backend import load
 from sae_backend.demo import demo_sources, toy_matrices
 from sae_backend.geometry.compare import included
 from sae_backend.projection import umap_embedding
-from tests.factories import unit_rows, write_saelens
+from tests.factories import e2e_config, planted, unit_rows, write_e2e_folder, write_saelens
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))]
@@ -275,3 +276,71 @@ def test_umap_point_and_region_selection(ref):
         np.testing.assert_array_equal(got["EmbeddingIndex"].to_numpy(), emb.feature[pos])
         np.testing.assert_allclose(got["X"].to_numpy(), emb.xy[pos, 0])
         np.testing.assert_allclose(got["Y"].to_numpy(), emb.xy[pos, 1])
+
+
+WANDB_KEY = "k" * 40  # the client wants 40+ [A-Za-z0-9_] characters
+FAKE_WANDB = ROOT.parent / "shared" / "testing"  # the team's loopback W&B backend
+
+
+@pytest.fixture
+def fake_wandb(tmp_path, monkeypatch):
+    """The real wandb client against the loopback fake: no key, fast failures; yields the
+    fake's data folder (ROOT/ENTITY/PROJECT/RUN_ID/)."""
+    if not (FAKE_WANDB / "fake_wandb.py").is_file():
+        pytest.skip(f"fake W&B backend not found in {FAKE_WANDB}")
+    pytest.importorskip("wandb")
+    monkeypatch.syspath_prepend(str(FAKE_WANDB))
+    from fake_wandb import FakeWandbServer
+
+    home = tmp_path / "wandb-home"
+    env = {
+        "WANDB_SILENT": "true",
+        "WANDB_ERROR_REPORTING": "false",
+        "WANDB_DIR": str(home),
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_DATA_DIR": str(home / "data"),
+        "NETRC": str(home / "netrc"),  # no `wandb login` of the person running the tests
+    }
+    for what in ("GRAPHQL", "FILE_TRANSFER"):
+        env |= {f"WANDB__{what}_RETRY_MAX": "1", f"WANDB__{what}_RETRY_WAIT_MIN_SECONDS": "0.1",
+                f"WANDB__{what}_RETRY_WAIT_MAX_SECONDS": "0.5"}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # restored after the test
+    runs = tmp_path / "runs"
+    p = planted(d=6, seed=0)
+    pos = "blocks.6.hook_resid_pre"
+    folder = write_e2e_folder(runs / "sparsify" / "gpt2" / "run6", {400000: {pos: (p.decoder, p.encoder)}},
+                              config=e2e_config([pos]))  # fmt: skip
+    (folder / "_run.json").write_text(json.dumps({"name": "e2e", "config": e2e_config([pos])}))
+    with FakeWandbServer(str(runs), api_key=WANDB_KEY, ttl=300) as srv:
+        monkeypatch.setenv("WANDB_BASE_URL", srv.base_url)
+        yield p
+
+
+def add_by_uri(at: AppTest, uri: str, name: str) -> AppTest:
+    at.text_input[0].input(uri)
+    at.text_input[1].input(name)
+    return at.button[0].click().run()
+
+
+def test_wandb_without_a_key_gives_one_error(fake_wandb):
+    at = add_by_uri(app("app.py"), "wandb:sparsify/gpt2/run6", "e2e")
+    assert not at.exception
+    assert len(at.error) == 1 and "no W&B API key" in at.error[0].value, at.error
+    assert list(at.dataframe[0].value["name"]) == ["toy-a", "toy-b", "toy-a-seed2"]
+
+
+def test_wandb_key_from_streamlit_secrets_loads_and_is_never_shown(fake_wandb):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.secrets["WANDB_API_KEY"] = WANDB_KEY
+    at = add_by_uri(at.run(), "wandb:sparsify/gpt2/run6", "e2e")
+    ok(at)
+    table = at.dataframe[0].value.set_index("name")
+    assert table.loc["e2e", ["features", "d_model", "format"]].tolist() == [
+        len(fake_wandb.decoder), fake_wandb.decoder.shape[1], "e2e_sae"]  # fmt: skip
+    assert os.environ["WANDB_API_KEY"] == WANDB_KEY
+    shown = [str(getattr(node, "proto", "")) for node in at._tree]  # every element sent
+    assert shown and not any(WANDB_KEY in text for text in shown)
+    assert all(WANDB_KEY not in str(v) for v in table.to_numpy().ravel())
