@@ -32,6 +32,7 @@ TOY_NOTE = (
     "of toy-a's directions, toy-a-seed2 is a perturbed copy), not SAEs trained on a model."
 )
 WANDB_KEY = "WANDB_API_KEY"  # a Streamlit secret of a hosted instance; the wandb client's variable
+UMAP_AUTO_LIMIT = 10_000  # the UMAP page computes up to this many points unasked; more: a button
 UPLOAD_LIMIT_MB = 512  # also server.maxUploadSize in .streamlit/config.toml
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 

@@ -19,7 +19,6 @@ from sae_backend.geometry.neighbours import feature_neighbours
 from sae_backend.projection import umap_embedding
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-AUTO_LIMIT = 10_000  # compute without asking up to this many points; larger: on a button
 
 ds.page("UMAP")
 st.title("UMAP")
@@ -47,9 +46,15 @@ if not chosen:
 
 selected_dicts = [dicts[n] for n in chosen]
 n_points = sum(ds.n_included(d) for d in selected_dicts)
-if n_points > AUTO_LIMIT and not st.button(f"Compute the embedding of {n_points:,} points"):
-    st.info(f"{n_points:,} points: computing takes a while (once; then it is cached).")
-    st.stop()
+# Large embeddings wait for a button; once pressed, this session keeps showing that embedding
+# (clicks and selections rerun the page, and the button is False on every rerun after a press).
+wanted = (tuple(chosen), directions, int(n_neighbors), float(min_dist), int(seed))
+approved = st.session_state.setdefault("umap_approved", set())
+if n_points > ds.UMAP_AUTO_LIMIT and wanted not in approved:
+    if not st.button(f"Compute the embedding of {n_points:,} points"):
+        st.info(f"{n_points:,} points: computing takes a while (once; then it is cached).")
+        st.stop()
+    approved.add(wanted)
 bar, update = ds.progress_callback(f"UMAP of {n_points:,} points ...")
 try:
     # No st.cache_*: the backend caches embeddings on disk (a hit costs one small read), and a

@@ -16,6 +16,7 @@ import pytest
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 
+import dashboard_state
 from sae_backend import load
 from sae_backend.demo import demo_sources, toy_matrices
 from sae_backend.geometry.compare import included
@@ -240,10 +241,16 @@ def select_points(at: AppTest, key: str, points: list[tuple[int, int]]) -> AppTe
     return at._run(states)
 
 
-def test_umap_point_and_region_selection(ref):
+def test_umap_point_and_region_selection(ref, monkeypatch):
+    # Above the limit the embedding waits for a button, and stays shown after the press.
+    monkeypatch.setattr(dashboard_state, "UMAP_AUTO_LIMIT", 1000)
     # Through the home page, as in the app: the page's link to Neighbours is relative to it.
     at = app("app.py").switch_page("pages/3_UMAP.py").run()
     ok(at)
+    assert not at.get("plotly_chart") and "2,024 points" in at.info[0].value
+    at = button(at, "Compute the embedding of 2,024 points").click().run()
+    ok(at)
+    assert at.get("plotly_chart")
     # The page's embedding (default parameters, toy-a and toy-b), from the backend's disk cache.
     demo = demo_sources()
     dicts = [load(demo["toy-a"]), load(demo["toy-b"])]
