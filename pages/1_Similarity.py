@@ -29,8 +29,25 @@ if not names:
 SEP = " → "
 options = [f"{a}{SEP}{b}" for a in names for b in names if a != b] + [f"within {a}" for a in names]
 default = [o for o in (f"{names[0]}{SEP}{n}" for n in names[1:3])] + [f"within {names[0]}"]
+
+
+def open_cell() -> None:
+    """A click on an MMCS heatmap cell (row A, column B) adds that comparison to the chosen ones;
+    a callback, so it runs before the multiselect is drawn."""
+    points = st.session_state["heat"].selection.points
+    if not points:
+        return
+    a_name, b_name = points[0]["y"], points[0]["x"]
+    label = f"within {a_name}" if a_name == b_name else f"{a_name}{SEP}{b_name}"
+    current = st.session_state.get("sim_chosen", default)
+    if label in options and label not in current:
+        st.session_state["sim_chosen"] = [*current, label]
+
+
 c1, c2, c3 = st.columns([4, 1, 1])
-chosen = c1.multiselect("Comparisons (A → B: features of A against B)", options, default=default)
+chosen = c1.multiselect(
+    "Comparisons (A → B: features of A against B)", options, default=default, key="sim_chosen"
+)
 directions = c2.radio("Directions", ["decoder", "encoder"], horizontal=True)
 layout = c3.radio("Histograms", ["overlaid", "faceted"], horizontal=True)
 c1, c2, c3 = st.columns(3)
@@ -188,10 +205,4 @@ heat = go.Figure(
                text=np.round(grid, 3), texttemplate="%{text}", hoverongaps=False)
 )  # fmt: skip
 heat.update_layout(height=140 + 60 * len(names), yaxis_autorange="reversed", margin={"t": 10})
-event = st.plotly_chart(heat, key="heat", on_select="rerun", selection_mode="points")
-points = (event or {}).get("selection", {}).get("points", []) if event else []
-if points:
-    a_name, b_name = points[0]["y"], points[0]["x"]
-    label = f"within {a_name}" if a_name == b_name else f"{a_name}{SEP}{b_name}"
-    if label not in chosen:
-        st.info(f"Add “{label}” to the comparisons above to see its histogram.")
+st.plotly_chart(heat, key="heat", on_select=open_cell, selection_mode="points")

@@ -223,14 +223,17 @@ def test_upload_saelens_folder_and_plain_matrix_with_orientation(tmp_path):
     assert table.loc["plain", "within MMCS"] == pytest.approx(s.max(1).mean(), abs=1e-5)
 
 
-def select_points(at: AppTest, key: str, points: list[tuple[int, int]]) -> AppTest:
+def select_points(at: AppTest, key: str, points: list[tuple[int, int]], **fields) -> AppTest:
     """Rerun `at` as if the browser had selected (curve, point index) pairs in the plotly chart
-    `key`. AppTest has no plotly element, so this sends the selection the way the frontend
-    does: as the chart's JSON widget state (uses AppTest's private _tree/_run)."""
+    `key` (`fields`: more keys of every point, e.g. a heatmap cell's x and y). AppTest has no
+    plotly element, so this sends the selection the way the frontend does: as the chart's
+    JSON widget state (uses AppTest's private _tree/_run)."""
     chart = next(e for e in at.get("plotly_chart") if e.key == key)
     states = at._tree.get_widget_states()
     selection = {
-        "points": [{"curve_number": c, "point_index": i, "point_number": i} for c, i in points],
+        "points": [
+            {"curve_number": c, "point_index": i, "point_number": i, **fields} for c, i in points
+        ],
         "point_indices": [i for _, i in points],
         "box": [],
         "lasso": [],
@@ -239,6 +242,25 @@ def select_points(at: AppTest, key: str, points: list[tuple[int, int]]) -> AppTe
         WidgetState(id=chart.proto.id, string_value=json.dumps({"selection": selection}))
     )
     return at._run(states)
+
+
+def test_similarity_heatmap_cell_opens_its_comparison(ref):
+    at = app("pages/1_Similarity.py")
+    ok(at)
+    assert "toy-b → toy-a-seed2" not in at.multiselect[0].value
+    at = select_points(at, "heat", [(0, 0)], x="toy-a-seed2", y="toy-b")  # row A, column B
+    ok(at)
+    assert at.multiselect[0].value[-1] == "toy-b → toy-a-seed2"
+    table = at.dataframe[0].value.set_index("comparison")
+    mc = max_cos(ref, "toy-b", "toy-a-seed2")
+    assert table.loc["toy-b → toy-a-seed2", "MMCS"] == pytest.approx(mc.mean(), abs=1e-5)
+    at = select_points(at, "heat", [(0, 0)], x="toy-b", y="toy-b")  # the diagonal: within
+    ok(at)
+    assert at.multiselect[0].value[-2:] == ["toy-b → toy-a-seed2", "within toy-b"]
+    table = at.dataframe[0].value.set_index("comparison")
+    assert table.loc["within toy-b", "MMCS"] == pytest.approx(
+        max_cos(ref, "toy-b").mean(), abs=1e-5
+    )
 
 
 def test_umap_point_and_region_selection(ref, monkeypatch):
