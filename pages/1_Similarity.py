@@ -202,7 +202,20 @@ with st.spinner("Comparing every pair ..."):
                 grid[i, j] = ds.compare_named(a, b, directions).summary().mean
 heat = go.Figure(
     go.Heatmap(z=grid, x=names, y=names, colorscale="Viridis", zmin=0, zmax=1,
-               text=np.round(grid, 3), texttemplate="%{text}", hoverongaps=False)
+               text=np.round(grid, 3), texttemplate="%{text}", hoverinfo="skip")
 )  # fmt: skip
-heat.update_layout(height=140 + 60 * len(names), yaxis_autorange="reversed", margin={"t": 10})
+# Plotly cannot select heatmap cells, so an invisible marker sits on every cell centre; with no
+# hover distance limit a click anywhere in a cell selects its marker (the nearest one).
+cells = [(a, b) for a in names for b in names]
+heat.add_trace(
+    go.Scatter(x=[b for _, b in cells], y=[a for a, _ in cells], mode="markers",
+               marker={"size": 30, "opacity": 0}, showlegend=False, customdata=grid.ravel(),
+               hovertemplate="%{y} → %{x}: MMCS %{customdata:.3f}<extra></extra>")
+)  # fmt: skip
+heat.update_layout(
+    height=140 + 60 * len(names),
+    yaxis_autorange="reversed",
+    margin={"t": 10},
+    hoverdistance=-1,
+)
 st.plotly_chart(heat, key="heat", on_select=open_cell, selection_mode="points")

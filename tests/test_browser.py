@@ -265,3 +265,29 @@ def test_umap_selection_gives_the_table_and_csv(server, page, tmp_path, tool):
     assert surely_in <= got <= maybe_in
     heading = page.get_by_role("heading", name=re.compile(r"\d+ selected features"))
     assert heading.inner_text().strip() == f"{len(got)} selected features"
+
+
+def test_similarity_heatmap_click_adds_its_comparison(server, page):
+    page.goto(server + "/Similarity")
+    wait_rendered(page)
+    chosen = page.locator('[data-testid="stMultiSelect"]').first
+    assert "toy-b → toy-a-seed2" not in chosen.inner_text()
+    # Off the centre of the cell in row toy-b (index 1), column toy-a-seed2 (index 2).
+    xy = page.evaluate(
+        """() => {
+        const gd = document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')[1];
+        const box = gd.getBoundingClientRect();
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        return [box.left + xa._offset + xa.d2p(1.7), box.top + ya._offset + ya.d2p(1.3)];
+      }"""
+    )
+    page.mouse.move(*xy)
+    page.mouse.click(*xy)
+    page.wait_for_function(
+        """() => document.querySelector('[data-testid="stMultiSelect"]')
+                 .innerText.includes('toy-b → toy-a-seed2')""",
+        timeout=30_000,
+    )
+    wait_rendered(page)
+    assert_no_exception(page)
+    shot(page, "similarity_after_heatmap_click")
