@@ -24,7 +24,7 @@ from sae_backend.demo import demo_sources
 from sae_backend.errors import InputError
 from sae_backend.geometry.compare import Comparison, included
 from sae_backend.geometry.matching import Matching
-from sae_backend.geometry.stats import random_null
+from sae_backend.geometry.stats import BootstrapCI, bootstrap_mean_difference, random_null
 
 STATE_KEY = "sae_dicts"  # session_state: {name: {"uri": str, "options": {key: value}}}
 TOY_NOTE = (
@@ -202,6 +202,17 @@ def matching(a: Dictionary, b: Dictionary, directions: str = "decoder") -> Match
 def null_max_cos(n_a: int, n_b: int | None, d: int) -> np.ndarray:  # [n_a] float32
     """Max cosine of random unit directions with the same counts and dimension."""
     return random_null(n_a, n_b, d)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _bootstrap(key: tuple, _x: np.ndarray, _y: np.ndarray) -> BootstrapCI:
+    return bootstrap_mean_difference(_x, _y)
+
+
+def bootstrap_ci(x_key: tuple, x: np.ndarray, y_key: tuple, y: np.ndarray) -> BootstrapCI:
+    """bootstrap_mean_difference(x, y) (2,000 resamples, seeded: seconds at 46,080 features),
+    held in memory; x_key / y_key name the arrays, e.g. (a_fp, b_fp, directions)."""
+    return _bootstrap((x_key, y_key), x, y)
 
 
 def n_included(d: Dictionary) -> int:

@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 
 import dashboard_state as ds
 from sae_backend import SAEError
-from sae_backend.geometry.stats import bootstrap_mean_difference, summarize
+from sae_backend.geometry.stats import summarize
 
 ds.page("Similarity")
 st.title("Similarity")
@@ -96,7 +96,8 @@ for label in chosen:
     if m is not None:
         matched = m.cosine  # [m] aligned with res.a_index
         row.update({"matched mean": m.mean, "matched n": m.n_matched, "match method": m.method})
-    results[label] = {"res": res, "null": null, "matched": matched, "row": row, "m": m}
+    key = (a.fingerprint, b and b.fingerprint, directions)  # names res.max_cos for caches
+    results[label] = {"res": res, "null": null, "matched": matched, "row": row, "m": m, "key": key}
 
 if not results:
     st.stop()
@@ -150,31 +151,35 @@ st.caption(
 table = pd.DataFrame([r["row"] for r in results.values()])
 st.dataframe(table, hide_index=True)
 
-# Per-feature numbers for download.
-long = []
-for label, r in results.items():
-    res = r["res"]
-    part = pd.DataFrame(
-        {
-            "comparison": label,
-            "feature": res.a_index,
-            "max_cos": res.max_cos,
-            "nearest": res.nearest,
-        }
-    )
-    if r["m"] is not None:
-        part["matched"] = r["m"].b_index
-        part["matched_cos"] = r["m"].cosine
-    long.append(part)
+
+def per_feature_csv() -> str:
+    """Every chosen comparison's per-feature numbers; built only when downloaded (large)."""
+    long = []
+    for label, r in results.items():
+        res = r["res"]
+        part = pd.DataFrame(
+            {
+                "comparison": label,
+                "feature": res.a_index,
+                "max_cos": res.max_cos,
+                "nearest": res.nearest,
+            }
+        )
+        if r["m"] is not None:
+            part["matched"] = r["m"].b_index
+            part["matched_cos"] = r["m"].cosine
+        long.append(part)
+    return pd.concat(long).to_csv(index=False)
+
+
 c1, c2, c3 = st.columns(3)
 c1.download_button("Summary (CSV)", table.to_csv(index=False), "similarity_summary.csv", "text/csv")
 c2.download_button(
-    "Per-feature numbers (CSV)",
-    pd.concat(long).to_csv(index=False),
-    "similarity_per_feature.csv",
-    "text/csv",
+    "Per-feature numbers (CSV)", per_feature_csv, "similarity_per_feature.csv", "text/csv"
 )
-c3.download_button("Figure (HTML)", fig.to_html(include_plotlyjs="cdn"), "similarity.html")
+c3.download_button(
+    "Figure (HTML)", lambda: fig.to_html(include_plotlyjs="cdn"), "similarity.html", "text/html"
+)
 
 # --- Bootstrap CI of a difference of means --------------------------------------------------
 if len(labels) >= 2:
@@ -182,7 +187,8 @@ if len(labels) >= 2:
     c1, c2 = st.columns(2)
     x_label = c1.selectbox("First", labels, index=0)
     y_label = c2.selectbox("Second", labels, index=1)
-    ci = bootstrap_mean_difference(results[x_label]["res"].max_cos, results[y_label]["res"].max_cos)
+    rx, ry = results[x_label], results[y_label]
+    ci = ds.bootstrap_ci(rx["key"], rx["res"].max_cos, ry["key"], ry["res"].max_cos)
     st.metric(
         f"MMCS({x_label}) − MMCS({y_label})",
         f"{ci.diff:+.4f}",

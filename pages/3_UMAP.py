@@ -174,12 +174,17 @@ elif len(picked) > 1:
     indices = {n: [int(f) for f in p["EmbeddingIndex"]] for n, p in rows.groupby("RunType")}
     c2.download_button("Selection (JSON)", json.dumps(indices), "umap_selection.json")
 
-all_rows = pd.DataFrame(
-    {
-        "RunType": np.asarray(chosen)[emb.dict_index],
-        "EmbeddingIndex": emb.feature,
-        "X": emb.xy[:, 0],
-        "Y": emb.xy[:, 1],
-    }
-)
-st.download_button("Whole embedding (CSV)", all_rows.to_csv(index=False), "umap_embedding.csv")
+
+def embedding_csv() -> str:
+    """The whole embedding as RunType,EmbeddingIndex,X,Y; built only when downloaded (large)."""
+    return pd.DataFrame(
+        {
+            "RunType": np.asarray(chosen)[emb.dict_index],
+            "EmbeddingIndex": emb.feature,
+            "X": emb.xy[:, 0],
+            "Y": emb.xy[:, 1],
+        }
+    ).to_csv(index=False)
+
+
+st.download_button("Whole embedding (CSV)", embedding_csv, "umap_embedding.csv", "text/csv")
