@@ -1,6 +1,6 @@
 """Build the bundled demo: small SAEs trained here on SmolLM2-135M's residual stream.
 
-    pip install -r requirements-demo.txt && python scripts/build_demo.py          # ~30 min CPU
+    pip install -r requirements-demo.txt && python scripts/build_demo.py          # ~8 min on 2 cores
     python scripts/build_demo.py --smoke --out /tmp/demo                       # seconds
 
 Steps (each seeded, so a rebuild on the same machine gives the same files):
@@ -71,7 +71,7 @@ class SAESpec:
 SPECS = (  # the first two: same configuration, two seeds; the last: twice as wide
     SAESpec("x2-s0", 2, 0.1, 0, "e2e_sae"),
     SAESpec("x2-s1", 2, 0.1, 1, "e2e_sae"),
-    SAESpec("x2-l1hi", 2, 0.2, 0, "saelens"),
+    SAESpec("x2-l1hi", 2, 0.13, 0, "saelens"),
     SAESpec("x4-s0", 4, 0.1, 0, "saelens"),
 )
 
