@@ -50,7 +50,8 @@ def server(tmp_path_factory):
     """Base URL of a fresh `streamlit run app.py`; stopped (by its own pid) afterwards."""
     port = free_port()
     cache = tmp_path_factory.mktemp("browser_cache")
-    env = {**os.environ, "SAE_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    # the toy demo (SAE_DEMO=toy): its planted geometry gives the clicks below known targets
+    env = {**os.environ, "SAE_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT), "SAE_DEMO": "toy"}
     log = open(cache / "streamlit.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
