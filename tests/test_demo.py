@@ -99,6 +99,14 @@ def test_context_rendering():
     assert ds.context_hover({}, 3) == ""
 
 
+@pytest.mark.parametrize("page", ["app.py", "pages/1_Similarity.py"])
+def test_other_pages_render_with_the_real_demo(monkeypatch, page):
+    monkeypatch.delenv("SAE_DEMO", raising=False)
+    at = AppTest.from_file(str(ROOT / page), default_timeout=120).run()
+    assert not at.exception and not at.error
+    assert any("SmolLM2-135M-Instruct" in c.value for c in at.sidebar.caption)
+
+
 def test_neighbours_page_shows_the_contexts(monkeypatch):
     monkeypatch.delenv("SAE_DEMO", raising=False)
     feature = min(demo_contexts("x2-s1"))
