@@ -2,13 +2,14 @@
 
 Session state holds only names -> (URI, load options); `Dictionary` objects and results come
 from process-wide caches keyed by URIs, options and fingerprints (`st.cache_resource`), never
-by hashing big arrays. Every page starts with `page(title)`, which loads the toy demo into a
-fresh session, so a deep link opened in a new tab works too.
+by hashing big arrays. Every page starts with `page(title)`, which loads the bundled demo into
+a fresh session, so a deep link opened in a new tab works too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import os
 import re
 import tempfile
@@ -20,7 +21,7 @@ import numpy as np
 import streamlit as st
 
 from sae_backend import Dictionary, SAEError, compare, load, match
-from sae_backend.demo import demo_sources
+from sae_backend.demo import ENV_DEMO, demo_contexts, demo_manifest, demo_sources
 from sae_backend.errors import InputError
 from sae_backend.geometry.compare import Comparison, included
 from sae_backend.geometry.matching import Matching
@@ -28,11 +29,13 @@ from sae_backend.geometry.stats import BootstrapCI, bootstrap_mean_difference, r
 
 STATE_KEY = "sae_dicts"  # session_state: {name: {"uri": str, "options": {key: value}}}
 TOY_NOTE = (
-    "The bundled demo is a **toy**: random directions with planted overlaps (toy-b shares half "
-    "of toy-a's directions, toy-a-seed2 is a perturbed copy), not SAEs trained on a model."
+    "The bundled demo is a **toy** (SAE_DEMO=toy): random directions with planted overlaps "
+    "(toy-b shares half of toy-a's directions, toy-a-seed2 is a perturbed copy), not SAEs "
+    "trained on a model."
 )
 WANDB_KEY = "WANDB_API_KEY"  # a Streamlit secret of a hosted instance; the wandb client's variable
 UMAP_AUTO_LIMIT = 10_000  # the UMAP page computes up to this many points unasked; more: a button
+_MARK = re.compile(r"\[\[(.*?)\]\]", re.S)  # the firing token in a demo context window
 UPLOAD_LIMIT_MB = 512  # also server.maxUploadSize in .streamlit/config.toml
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 
@@ -49,8 +52,8 @@ def page(title: str) -> None:
         st.caption("Loaded dictionaries")
         for name, entry in entries().items():
             st.markdown(f"- **{name}** · `{_short(entry['uri'])}`")
-        if any(is_toy(e["uri"]) for e in entries().values()):
-            st.caption(TOY_NOTE)
+        if any(is_demo(e["uri"]) for e in entries().values()):
+            st.caption(demo_note())
 
 
 def wandb_key_from_secrets() -> None:
@@ -72,8 +75,47 @@ def entries() -> dict[str, dict[str, Any]]:
     return st.session_state[STATE_KEY]
 
 
-def is_toy(uri: str) -> bool:
+def is_demo(uri: str) -> bool:
     return uri in demo_sources().values()
+
+
+def demo_note() -> str:
+    """One caption saying what the bundled demo is (the real one or the toy)."""
+    if os.environ.get(ENV_DEMO, "").strip().lower() == "toy":
+        return TOY_NOTE
+    m = demo_manifest()
+    cs = m["cross_seed"]
+    what = "; ".join(
+        f"{n}: {e['spec']['ratio']}x wide, L1 {e['spec']['l1']}, seed {e['spec']['seed']}"
+        for n, e in m["saes"].items()
+    )
+    return (
+        f"The bundled demo: small SAEs trained here (`scripts/build_demo.py`) on "
+        f"{m['model'].split(' (')[0]}'s residual stream at `{m['hook']}` ({what}). "
+        f"Two seeds' decoder MMCS {cs['mmcs']:.2f} (random directions: {cs['random_mmcs']:.2f})."
+    )
+
+
+def contexts(name: str) -> dict[int, list[tuple[float, str]]]:
+    """Top activating contexts per feature of a loaded demo SAE; {} for any other source."""
+    return demo_contexts(entries()[name]["uri"])
+
+
+def context_markdown(text: str) -> str:
+    """A context window as Markdown: text escaped, the firing token in bold."""
+    esc = re.sub(r"([\\`*_{}\[\]()#+\-.!|<>$~])", r"\\\1", _MARK.sub("\x00\\1\x01", text))
+    return esc.replace("\x00", "**").replace("\x01", "**")
+
+
+def context_plain(text: str) -> str:
+    """A context window as plain text, the firing token between « »."""
+    return _MARK.sub("«\\1»", text)
+
+
+def context_hover(contexts_of: dict[int, list], feature: int) -> str:
+    """The strongest context of a feature as HTML-escaped hover text ('' if none)."""
+    ctx = contexts_of.get(int(feature))
+    return html.escape(context_plain(ctx[0][1])) if ctx else ""
 
 
 def show_error(err: SAEError, what: str = "") -> None:
@@ -230,6 +272,6 @@ def progress_callback(text: str) -> tuple[Any, Callable[[int, int], None]]:
 
 
 def _short(uri: str, n: int = 38) -> str:
-    if is_toy(uri):
-        return "toy demo"
+    if is_demo(uri):
+        return "bundled demo"
     return uri if len(uri) <= n else "…" + uri[-(n - 1) :]

@@ -118,8 +118,13 @@ if d.has_encoder:
 m4.metric("decoder norm", f"{float(d.decoder_norms[feature]):.3g}")
 if d.meta.neuronpedia_id:
     st.markdown(f"[Open on Neuronpedia]({feature_url(d.meta.neuronpedia_id, feature)})")
-if ds.is_toy(ds.entries()[name]["uri"]):
-    st.caption(ds.TOY_NOTE)
+if ds.is_demo(ds.entries()[name]["uri"]):
+    st.caption(ds.demo_note())
+shown = ds.contexts(name).get(feature, [])
+if shown:
+    st.markdown("**Top activating contexts** (firing token in bold; activation)")
+    for act, text in shown:
+        st.markdown(f"- `{act:.2f}` {ds.context_markdown(text)}")
 
 
 # --- Its neighbours in every dictionary -----------------------------------------------------
@@ -160,6 +165,12 @@ for target in [name] + [n for n in names if n != name]:
         st.caption(f"One-to-one match: feature {pair[0]} (cosine {pair[1]:.3f}).")
     if other.density is not None:
         table["density"] = other.density[nb.index]
+    other_ctx = ds.contexts(target)
+    if other_ctx:
+        table["top context"] = [
+            ds.context_plain(other_ctx[int(i)][0][1]) if int(i) in other_ctx else ""
+            for i in nb.index
+        ]
     config = {c: st.column_config.NumberColumn(format="%.4f") for c in table.columns[1:4]}
     if other.meta.neuronpedia_id:
         table["Neuronpedia"] = [feature_url(other.meta.neuronpedia_id, i) for i in nb.index]

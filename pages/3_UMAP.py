@@ -94,6 +94,10 @@ def metric_values() -> np.ndarray:  # [N] float, NaN where unknown
     return values
 
 
+ctx = {n: ds.contexts(n) for n in chosen}
+pairs = zip(emb.dict_index, emb.feature, strict=True)
+hover = np.array([ds.context_hover(ctx[chosen[int(k)]], f) for k, f in pairs], dtype=object)
+# hover: [N] the strongest context of each point ('' outside the real demo)
 fig = go.Figure()
 traces: list[np.ndarray] = []  # per trace: [m] positions into the embedding
 try:
@@ -104,8 +108,9 @@ try:
             fig.add_trace(
                 go.Scattergl(x=emb.xy[idx, 0], y=emb.xy[idx, 1], mode="markers", name=name,
                              marker={"size": 4, "opacity": 0.7, "color": PALETTE[k % len(PALETTE)]},
-                             customdata=emb.feature[idx],
-                             hovertemplate=f"{name} #%{{customdata}}<extra></extra>")
+                             customdata=np.stack([emb.feature[idx], hover[idx]], 1),
+                             hovertemplate=f"{name} #%{{customdata[0]}}<br>%{{customdata[1]}}"
+                                           "<extra></extra>")
             )  # fmt: skip
     else:
         values = metric_values()
@@ -116,9 +121,9 @@ try:
             go.Scattergl(x=emb.xy[:, 0], y=emb.xy[:, 1], mode="markers",
                          marker={"size": 4, "color": values, "colorscale": "Viridis",
                                  "showscale": True, "colorbar": {"title": colour}},
-                         customdata=np.stack([labels, emb.feature, values], 1),
+                         customdata=np.stack([labels, emb.feature, values, hover], 1),
                          hovertemplate="%{customdata[0]} #%{customdata[1]}: %{customdata[2]:.3f}"
-                                       "<extra></extra>")
+                                       "<br>%{customdata[3]}<extra></extra>")
         )  # fmt: skip
 except SAEError as e:
     ds.show_error(e)
@@ -150,6 +155,8 @@ if len(picked) == 1:
         label=f"Open {name} feature {feature} on the Neighbours page",
         query_params={"dict": name, "feature": str(feature)},
     )
+    for act, text in ctx[name].get(feature, []):
+        st.markdown(f"- `{act:.2f}` {ds.context_markdown(text)}")
     nb = feature_neighbours(dicts[name], feature, k=5, directions=directions)
     st.dataframe(
         pd.DataFrame({"neighbour in " + name: nb.index, "cosine": nb.cosine}), hide_index=True

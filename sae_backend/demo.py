@@ -1,7 +1,16 @@
-"""A TOY demo: three small SAELens-format dictionaries with planted shared structure.
+"""The bundled demos: the real one (SAEs trained on SmolLM2-135M) and a TOY one for tests.
 
-Stand-in until the bundled demo SAEs trained on a real language model land. They are random
-directions, not SAEs of any model, so the dashboard labels them "toy". What is planted:
+Real demo (`demo_sources()`, what the dashboard opens with): four small SAEs trained here by
+`scripts/build_demo.py` on SmolLM2-135M-Instruct's layer-15 residual stream, shipped in
+`sae_backend/demo_data/` (float16; two as e2e_sae checkpoints, two as SAELens folders, so the
+demo also exercises those loaders), with `manifest.json` (settings, measured metrics) and
+`contexts/<name>.json.gz` (each fired feature's top activating text windows, read with
+`demo_contexts`). Setting the environment variable `SAE_DEMO=toy` makes `demo_sources()`
+return the toy demo instead (the app tests use it: its geometry is planted, so shown numbers
+have exact references).
+
+TOY demo (`toy_sources()`): three small SAELens-format dictionaries of random directions with
+planted shared structure, not SAEs of any model. What is planted:
 
 - "toy-a": 1,024 features in 64 dims, 24 of them dead (density 0 in its sparsity file).
 - "toy-b": keeps 512 of toy-a's directions (perturbed a little, shuffled) and adds 512 new
@@ -10,24 +19,27 @@ directions, not SAEs of any model, so the dashboard labels them "toy". What is p
 - "toy-a-seed2": every direction of toy-a, perturbed more strongly and shuffled, standing in
   for "the same setting trained with another seed".
 
-The files are written once, deterministically (fixed seeds), atomically (a temporary folder
-renamed into place), under `$SAE_CACHE_DIR/sae_demo/` (else `~/.cache/sae_demo/`), a sibling
-of the array cache's folder like the download folder. `demo_sources()` returns plain local
-paths, so they load with `load(path)` like any user checkpoint.
+The toy files are written once, deterministically (fixed seeds), atomically (a temporary
+folder renamed into place), under `$SAE_CACHE_DIR/sae_demo/` (else `~/.cache/sae_demo/`).
+Both functions return plain local paths, so they load with `load(path)` like any checkpoint.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from .cache import ENV_DIR
+from .errors import SourceError
 
 DEMO_SUBFOLDER = "sae_demo"
 VERSION = "toy-v1"  # bump when the generator changes, so old files are never reused
@@ -37,13 +49,57 @@ HOOK = "blocks.0.hook_resid_pre"
 NAMES = ("toy-a", "toy-b", "toy-a-seed2")
 
 
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+MANIFEST = "manifest.json"
+ENV_DEMO = "SAE_DEMO"  # "toy": demo_sources() gives the toy demo
+
+
+def demo_sources() -> dict[str, str]:
+    """{short name: local path} of the bundled demo SAEs (the toy ones when SAE_DEMO=toy)."""
+    if os.environ.get(ENV_DEMO, "").strip().lower() == "toy":
+        return toy_sources()
+    return {name: str(DEMO_DATA / name) for name in demo_manifest()["saes"]}
+
+
+@lru_cache(maxsize=1)
+def demo_manifest() -> dict[str, Any]:
+    """The real demo's manifest.json: model, hook, preprocessing, training, per-SAE metrics."""
+    path = DEMO_DATA / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SourceError(
+            f"{path}: the bundled demo's manifest is missing or unreadable ({e})"
+        ) from e
+
+
+def demo_contexts(source: str) -> dict[int, list[tuple[float, str]]]:
+    """{feature: [(activation, text window), ...]} strongest first, for a real demo SAE given
+    by short name or path; {} for anything else. In a window the firing token is [[marked]]."""
+    name = Path(source).name if Path(source).parent == DEMO_DATA else source
+    if name not in demo_manifest()["saes"]:
+        return {}
+    return _contexts(name)
+
+
+@lru_cache(maxsize=8)
+def _contexts(name: str) -> dict[int, list[tuple[float, str]]]:
+    path = DEMO_DATA / "contexts" / f"{name}.json.gz"
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{path}: unreadable demo contexts ({e})") from e
+    return {int(k): [(float(a), str(t)) for a, t in v] for k, v in raw.items()}
+
+
 def demo_root() -> Path:
     """`$SAE_CACHE_DIR/sae_demo/<version>`, else `~/.cache/sae_demo/<version>`."""
     base = os.environ.get(ENV_DIR, "").strip()
     return (Path(base).expanduser() if base else Path.home() / ".cache") / DEMO_SUBFOLDER / VERSION
 
 
-def demo_sources() -> dict[str, str]:
+def toy_sources() -> dict[str, str]:
     """{short name: local folder} of the toy dictionaries, writing them first if missing."""
     root = demo_root()
     if not all((root / n / "cfg.json").is_file() for n in NAMES):

@@ -1,7 +1,9 @@
 """The dashboard's pages through streamlit.testing's AppTest (no browser, no network).
 
 Numbers shown are checked against float64 numpy references computed from the toy demo's
-generator (`sae_backend.demo.toy_matrices`), independently of the backend's top-k code.
+generator (`sae_backend.demo.toy_matrices`), independently of the backend's top-k code; so
+these tests open the app on the toy demo (SAE_DEMO=toy). The real bundled demo's pages are
+tested in tests/test_demo.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from tests.factories import e2e_config, planted, unit_rows, write_e2e_folder, wr
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))]
 TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def toy_demo(monkeypatch):
+    monkeypatch.setenv("SAE_DEMO", "toy")
 
 
 def app(path: str, **query: str) -> AppTest:

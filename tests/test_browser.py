@@ -51,7 +51,8 @@ def server(tmp_path_factory):
     """Base URL of a fresh `streamlit run app.py`; stopped (by its own pid) afterwards."""
     port = free_port()
     cache = tmp_path_factory.mktemp("browser_cache")
-    env = {**os.environ, "SAE_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    # the toy demo (SAE_DEMO=toy): its planted geometry gives the clicks below known targets
+    env = {**os.environ, "SAE_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT), "SAE_DEMO": "toy"}
     log = open(cache / "streamlit.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -174,7 +175,8 @@ def test_bad_feature_link_shows_an_error_not_a_traceback(server, page):
 
 
 # The UMAP scatter's points in page coordinates, through plotly's own axis transforms (d2p), so
-# a click lands exactly on a chosen point. Returns [{trace, name, feature, x, y}] per point.
+# a click lands exactly on a chosen point. Returns [{trace, name, feature, x, y}] per point;
+# the feature is customdata[0] when customdata holds [feature, hover text].
 POINTS_JS = """() => {
   const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
   const box = gd.getBoundingClientRect();
@@ -183,7 +185,7 @@ POINTS_JS = """() => {
   gd._fullData.forEach((t, k) => {
     const xs = Array.from(t.x), ys = Array.from(t.y), cd = Array.from(t.customdata);
     xs.forEach((x, i) => out.push({
-      trace: k, name: t.name, feature: Number(cd[i]),
+      trace: k, name: t.name, feature: Number(Array.isArray(cd[i]) ? cd[i][0] : cd[i]),
       x: box.left + xa._offset + xa.d2p(x), y: box.top + ya._offset + ya.d2p(ys[i]),
     }));
   });

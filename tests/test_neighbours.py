@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sae_backend import load
-from sae_backend.demo import N_DEAD, demo_sources, toy_matrices
+from sae_backend.demo import N_DEAD, toy_matrices, toy_sources
 from sae_backend.errors import InputError
 from sae_backend.geometry.compare import compare
 from sae_backend.geometry.neighbours import feature_neighbours
@@ -103,9 +103,9 @@ def test_bad_input(tmp_path):
 
 
 def test_demo_is_deterministic_and_planted(tmp_path):
-    src = demo_sources()
+    src = toy_sources()
     assert list(src) == ["toy-a", "toy-b", "toy-a-seed2"]
-    assert demo_sources() == src  # second call reuses the files
+    assert toy_sources() == src  # second call reuses the files
     ds = {name: load(path) for name, path in src.items()}
     ref = toy_matrices()
     for name, d in ds.items():
