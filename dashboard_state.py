@@ -102,8 +102,20 @@ def contexts(name: str) -> dict[int, list[tuple[float, str]]]:
 
 
 def context_markdown(text: str) -> str:
-    """A context window as Markdown: text escaped, the firing token in bold."""
-    esc = re.sub(r"([\\`*_{}\[\]()#+\-.!|<>$~])", r"\\\1", _MARK.sub("\x00\\1\x01", text))
+    """A context window as Markdown: text escaped, the firing token in bold.
+
+    Tokens often start with a space (" which"); Markdown bold must not, so the token's outer
+    whitespace goes outside the ** markers."""
+
+    def bold(m: re.Match) -> str:
+        token = m.group(1)
+        core = token.strip()
+        if not core:  # a whitespace token: show a visible stand-in
+            return "\x00" + ("⏎" if "\n" in token else "␣") + "\x01"
+        lead, trail = token[: len(token) - len(token.lstrip())], token[len(token.rstrip()) :]
+        return f"{lead}\x00{core}\x01{trail}"
+
+    esc = re.sub(r"([\\`*_{}\[\]()#+\-.!|<>$~])", r"\\\1", _MARK.sub(bold, text))
     return esc.replace("\x00", "**").replace("\x01", "**")
 
 
