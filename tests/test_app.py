@@ -24,6 +24,7 @@ from sae_backend.demo import demo_sources, toy_matrices
 from sae_backend.geometry.compare import included
 from sae_backend.projection import umap_embedding
 from tests.factories import e2e_config, planted, unit_rows, write_e2e_folder, write_saelens
+from tests.support import wandb_client_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))]
@@ -329,18 +330,7 @@ def fake_wandb(tmp_path, monkeypatch):
     from fake_wandb import FakeWandbServer
 
     home = tmp_path / "wandb-home"
-    env = {
-        "WANDB_SILENT": "true",
-        "WANDB_ERROR_REPORTING": "false",
-        "WANDB_DIR": str(home),
-        "WANDB_CONFIG_DIR": str(home / "config"),
-        "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_DATA_DIR": str(home / "data"),
-        "NETRC": str(home / "netrc"),  # no `wandb login` of the person running the tests
-    }
-    for what in ("GRAPHQL", "FILE_TRANSFER"):
-        env |= {f"WANDB__{what}_RETRY_MAX": "1", f"WANDB__{what}_RETRY_WAIT_MIN_SECONDS": "0.1",
-                f"WANDB__{what}_RETRY_WAIT_MAX_SECONDS": "0.5"}  # fmt: skip
+    env = wandb_client_env(home)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # restored after the test

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from sae_backend.errors import SourceError
 from sae_backend.sources import resolve
 from sae_backend.uri import parse_uri
+from tests.support import expect_source_error
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APOLLO = "apollo-research/e2e-saes-gpt2"
@@ -256,16 +256,6 @@ def hub(hf_env):
         yield fake
 
 
-def _expect_error(uri: str, *needles: str) -> str:
-    with pytest.raises(SourceError) as info:
-        resolve(parse_uri(uri))
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, msg
-    return msg
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -342,32 +332,34 @@ def test_folder_offline_from_cache_after_online_fetch(hub, hf_env):
     again = resolve(parse_uri(f"hf:{NP_SCE}:6-res_sce-ajt"))
     assert again.path == first.path
     # a folder never fetched is not there offline: one clear line
-    _expect_error(f"hf:{NP_SCE}:2-res_sce-ajt", "local Hugging Face cache", "HF_HUB_OFFLINE=1")
+    expect_source_error(
+        f"hf:{NP_SCE}:2-res_sce-ajt", "local Hugging Face cache", "HF_HUB_OFFLINE=1"
+    )
 
 
 def test_folder_without_weights_lists_what_it_found(hub):
-    _expect_error(f"hf:{NP_SCE}:docs", "holds no SAE weights", "README.md")
+    expect_source_error(f"hf:{NP_SCE}:docs", "holds no SAE weights", "README.md")
 
 
 def test_repo_root_as_folder(hub):
     # the Apollo repo root holds single files, not an SAE folder: say what to do
-    _expect_error(f"hf:{APOLLO}", "the repo root holds no SAE weights", "give the path")
+    expect_source_error(f"hf:{APOLLO}", "the repo root holds no SAE weights", "give the path")
 
 
 # ----------------------------------------------------------------------------- errors
 
 
 def test_missing_repo_file_folder_revision(hub):
-    _expect_error("hf:nobody/nothing:x.pt", "no Hugging Face model repo nobody/nothing")
-    _expect_error("hf:nobody/nothing:folder", "no Hugging Face model repo nobody/nothing")
-    _expect_error(f"hf:{APOLLO}:missing.pt", f"repo {APOLLO} has no file 'missing.pt'")
-    _expect_error(f"hf:{NP_SCE}:99-res_sce-ajt", "has no folder '99-res_sce-ajt'")
-    _expect_error(f"hf:{APOLLO}:e2e_similar_ce_layer_6.pt@nope", "has no revision 'nope'")
+    expect_source_error("hf:nobody/nothing:x.pt", "no Hugging Face model repo nobody/nothing")
+    expect_source_error("hf:nobody/nothing:folder", "no Hugging Face model repo nobody/nothing")
+    expect_source_error(f"hf:{APOLLO}:missing.pt", f"repo {APOLLO} has no file 'missing.pt'")
+    expect_source_error(f"hf:{NP_SCE}:99-res_sce-ajt", "has no folder '99-res_sce-ajt'")
+    expect_source_error(f"hf:{APOLLO}:e2e_similar_ce_layer_6.pt@nope", "has no revision 'nope'")
 
 
 def test_offline_miss(hf_env):
     hf_env(HF_HUB_OFFLINE="1")
-    _expect_error(
+    expect_source_error(
         f"hf:{APOLLO}:e2e_similar_ce_layer_6.pt",
         "not in the local Hugging Face cache",
         "HF_HUB_OFFLINE=1",
@@ -387,8 +379,10 @@ def test_network_down(hf_env, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     hf_env(HF_ENDPOINT=f"http://127.0.0.1:{port}")
-    _expect_error(f"hf:{APOLLO}:e2e_similar_ce_layer_6.pt", "cannot be asked", "no connection")
-    _expect_error(f"hf:{NP_SCE}:6-res_sce-ajt", "cannot be asked", "no connection")
+    expect_source_error(
+        f"hf:{APOLLO}:e2e_similar_ce_layer_6.pt", "cannot be asked", "no connection"
+    )
+    expect_source_error(f"hf:{NP_SCE}:6-res_sce-ajt", "cannot be asked", "no connection")
 
 
 # ----------------------------------------------------------------------------- hand-built cache
@@ -487,13 +481,13 @@ def test_saelens_unknown_names_list_the_known_ones(monkeypatch):
     from sae_backend.sources import saelens
 
     monkeypatch.setattr(saelens, "pretrained_yaml_path", lambda: None)
-    msg = _expect_error(
+    msg = expect_source_error(
         "saelens:gpt2-small-res-jb/blocks.6.hook_resid_pre", "unknown SAELens release"
     )
     for code in ("sce", "scefr", "scl", "sle", "slefr", "sll"):
         assert f"gpt2-small-res_{code}-ajt" in msg
     assert "install sae-lens" in msg
-    _expect_error(
+    expect_source_error(
         "saelens:gpt2-small-res_sll-ajt/blocks.7.hook_resid_pre",
         "has no SAE 'blocks.7.hook_resid_pre'",
         "blocks.10.hook_resid_pre, blocks.2.hook_resid_pre, blocks.6.hook_resid_pre",
@@ -522,7 +516,7 @@ def test_saelens_reads_installed_pretrained_yaml_without_importing_it(hub, tmp_p
     # the built-in Apollo table still answers for releases the installed file lacks
     r2 = resolve(parse_uri("saelens:gpt2-small-res_sce-ajt/blocks.6.hook_resid_pre"))
     assert r2.path.name == "6-res_sce-ajt"
-    msg = _expect_error("saelens:other/x", "unknown SAELens release")
+    msg = expect_source_error("saelens:other/x", "unknown SAELens release")
     assert "1 releases of the installed sae_lens" in msg
 
 

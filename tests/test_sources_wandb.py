@@ -33,6 +33,9 @@ if not (_TESTING / "fake_wandb.py").is_file():
 sys.path.insert(0, str(_TESTING))
 from fake_wandb import FakeWandbServer  # noqa: E402
 
+from tests.support import expect_source_error  # noqa: E402
+from tests.support import wandb_client_env as client_env  # noqa: E402
+
 KEY = "k" * 40  # the client wants 40+ [A-Za-z0-9_] characters
 POS = "blocks.6.hook_resid_pre"
 ENTITY, PROJECT = "sparsify", "gpt2"
@@ -42,22 +45,7 @@ ENTITY, PROJECT = "sparsify", "gpt2"
 def wandb_client_env(tmp_path_factory):
     """Client settings the fake needs, set before the first `import wandb` / `wandb.Api()`."""
     home = tmp_path_factory.mktemp("wandb-home")
-    env = {
-        "WANDB_HTTP_TIMEOUT": "5",
-        "WANDB_SILENT": "true",
-        "WANDB_ERROR_REPORTING": "false",
-        "WANDB_DIR": str(home),
-        "WANDB_CONFIG_DIR": str(home / "config"),
-        "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_DATA_DIR": str(home / "data"),
-        "NETRC": str(home / "netrc"),  # no `wandb login` of the person running the tests
-        "WANDB__GRAPHQL_RETRY_MAX": "1",
-        "WANDB__FILE_TRANSFER_RETRY_MAX": "1",
-        "WANDB__GRAPHQL_RETRY_WAIT_MIN_SECONDS": "0.1",
-        "WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS": "0.5",
-        "WANDB__FILE_TRANSFER_RETRY_WAIT_MIN_SECONDS": "0.1",
-        "WANDB__FILE_TRANSFER_RETRY_WAIT_MAX_SECONDS": "0.5",
-    }
+    env = {"WANDB_HTTP_TIMEOUT": "5", **client_env(home)}
     saved = {k: os.environ.get(k) for k in [*env, "WANDB_API_KEY", "WANDB_BASE_URL"]}
     os.environ.update(env)
     pytest.importorskip("wandb")
@@ -144,16 +132,6 @@ def standard_run(root: Path, run_id: str = "run6", state: str = "finished") -> P
 
 def file_gets(srv) -> list[str]:
     return [r["file"] for r in srv.requests if r.get("file") and r.get("method") == "GET"]
-
-
-def expect_error(uri: str, *needles: str) -> str:
-    with pytest.raises(SourceError) as info:
-        resolve(parse_uri(uri))
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, msg
-    return msg
 
 
 # ----------------------------------------------------------------------------- happy path
@@ -249,11 +227,13 @@ def test_position_from_uri_in_a_run_with_two_saes(runs, server):
         config=e2e_config(POS, other),
         summary={**summary(POS, alive=[1, 2]), **summary(other, alive=[4])},
     )
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/two", "2 positions", "add #POSITION")
+    expect_source_error(f"wandb:{ENTITY}/{PROJECT}/two", "2 positions", "add #POSITION")
     assert file_gets(server) == []  # said before downloading anything
     r = resolve(parse_uri(f"wandb:{ENTITY}/{PROJECT}/two#blocks-10-hook_resid_pre"))
     assert r.position == other and r.alive_indices == [4] and r.meta["layer"] == 10
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/two#blocks.3.hook_resid_pre", "no SAE at blocks.3")
+    expect_source_error(
+        f"wandb:{ENTITY}/{PROJECT}/two#blocks.3.hook_resid_pre", "no SAE at blocks.3"
+    )
 
 
 def test_without_config_or_alive_keys(runs, server):
@@ -276,24 +256,30 @@ def test_position_from_summary_when_config_has_none(runs, server):
 def test_no_api_key(runs, server, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY")
     standard_run(runs)
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/run6", "no W&B API key", "WANDB_API_KEY", "wandb login")
+    expect_source_error(
+        f"wandb:{ENTITY}/{PROJECT}/run6", "no W&B API key", "WANDB_API_KEY", "wandb login"
+    )
 
 
 def test_wrong_api_key(runs, server, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "w" * 40)
     standard_run(runs)
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/run6", "W&B rejected the API key")
+    expect_source_error(f"wandb:{ENTITY}/{PROJECT}/run6", "W&B rejected the API key")
 
 
 def test_missing_or_private_run(runs, server):
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/nosuch", "W&B has no run sparsify/gpt2/nosuch")
+    expect_source_error(f"wandb:{ENTITY}/{PROJECT}/nosuch", "W&B has no run sparsify/gpt2/nosuch")
 
 
 def test_run_without_checkpoint(runs, server):
     make_run(runs, "nockpt", {"final_config.yaml": b"a: 1\n", "model.pt": b"m"}, config={})
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/nockpt", "no samples_N.pt checkpoint", "model.pt")
+    expect_source_error(
+        f"wandb:{ENTITY}/{PROJECT}/nockpt", "no samples_N.pt checkpoint", "model.pt"
+    )
     make_run(runs, "nopt", {"output.log": b"l"}, config={})
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/nopt", "no samples_N.pt checkpoint", "output.log")
+    expect_source_error(
+        f"wandb:{ENTITY}/{PROJECT}/nopt", "no samples_N.pt checkpoint", "output.log"
+    )
 
 
 def test_network_down(runs, monkeypatch):
@@ -301,7 +287,7 @@ def test_network_down(runs, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-    expect_error(
+    expect_source_error(
         f"wandb:{ENTITY}/{PROJECT}/run6",
         "cannot reach W&B",
         f"127.0.0.1:{port}",
@@ -313,13 +299,17 @@ def test_malformed_alive_indices(runs, server):
     bad = summary()
     bad[f"sparsity/alive_dict_elements_indices_final/{POS}"] = [1, "two"]
     make_run(runs, "bad", {"samples_1.pt": b"z"}, config=e2e_config(POS), summary=bad)
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/bad", "not a list of non-negative feature indices")
+    expect_source_error(
+        f"wandb:{ENTITY}/{PROJECT}/bad", "not a list of non-negative feature indices"
+    )
 
 
 def test_failed_download_leaves_no_file_and_recovers(runs, server):
     src = standard_run(runs)
     server.httpd.fail["file:samples_400000.pt"] = 404
-    expect_error(f"wandb:{ENTITY}/{PROJECT}/run6", "downloading samples_400000.pt failed", "404")
+    expect_source_error(
+        f"wandb:{ENTITY}/{PROJECT}/run6", "downloading samples_400000.pt failed", "404"
+    )
     folder = (
         Path(os.environ["SAE_CACHE_DIR"]) / "sae_downloads" / "wandb" / ENTITY / PROJECT / "run6"
     )
