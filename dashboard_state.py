@@ -166,6 +166,15 @@ def dictionaries() -> dict[str, Dictionary]:
     return out
 
 
+def dictionaries_or_stop() -> dict[str, Dictionary]:
+    """`dictionaries()` for a page that needs at least one: otherwise a hint, and the page stops."""
+    dicts = dictionaries()
+    if not dicts:
+        st.info("Load a dictionary on the home page first.")
+        st.stop()
+    return dicts
+
+
 def add(name: str, uri: str, options: dict[str, str] | None = None) -> Dictionary:
     """Load (uri, options) and register it under `name`; raises SAEError (nothing registered)."""
     name = name.strip()

@@ -20,11 +20,8 @@ st.caption(
     "For each feature of A (alive ones only), the largest cosine similarity to any feature of "
     "B: high = B has a near-copy of it. 'within A' compares A with itself, self excluded."
 )
-dicts = ds.dictionaries()
+dicts = ds.dictionaries_or_stop()
 names = list(dicts)
-if not names:
-    st.info("Load a dictionary on the home page first.")
-    st.stop()
 
 SEP = " → "
 options = [f"{a}{SEP}{b}" for a in names for b in names if a != b] + [f"within {a}" for a in names]

@@ -19,11 +19,8 @@ from sae_backend.neuronpedia import feature_url
 
 ds.page("Neighbours")
 st.title("Neighbours")
-dicts = ds.dictionaries()
+dicts = ds.dictionaries_or_stop()
 names = list(dicts)
-if not names:
-    st.info("Load a dictionary on the home page first.")
-    st.stop()
 
 
 def go(dict_name: str, feature: int) -> None:

@@ -27,11 +27,8 @@ st.caption(
     "dictionaries, in one embedding. Click a point for its neighbours; drag to zoom; "
     "choose box or lasso select in the chart's toolbar (top right) for a table and downloads."
 )
-dicts = ds.dictionaries()
+dicts = ds.dictionaries_or_stop()
 names = list(dicts)
-if not names:
-    st.info("Load a dictionary on the home page first.")
-    st.stop()
 
 c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
 chosen = c1.multiselect("Dictionaries", names, default=names[:2])
