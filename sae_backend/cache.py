@@ -49,6 +49,7 @@ import diskcache
 import numpy as np
 from diskcache.core import MODE_BINARY, MODE_RAW, MODE_TEXT
 
+from .activity import ACTIVITY
 from .errors import InputError, SAEError
 
 __all__ = [
@@ -293,7 +294,7 @@ class ArrayCache:
     """
 
     def __init__(self, directory: Path | str | None = None, size_limit: int | None = None):
-        self.directory = _default_directory() if directory is None else Path(directory)
+        self.directory = default_directory() if directory is None else Path(directory)
         self.size_limit = _default_size_limit() if size_limit is None else size_limit
         if isinstance(self.size_limit, bool) or not isinstance(self.size_limit, int):
             raise InputError(
@@ -301,9 +302,9 @@ class ArrayCache:
             )
         if self.size_limit <= 0:
             raise InputError(f"cache size limit must be positive, got {self.size_limit}")
-        _make_private_dir(self.directory)
+        make_private_dir(self.directory)
         self._lock_dir = self.directory / "locks"
-        _make_private_dir(self._lock_dir)
+        make_private_dir(self._lock_dir)
         try:
             self._cache = diskcache.Cache(
                 str(self.directory),
@@ -379,7 +380,8 @@ class ArrayCache:
                 return hit
             self._count(misses=1)
             try:
-                result = compute()
+                with ACTIVITY.track(key.split("/", 1)[0], key):
+                    result = compute()
                 if not (isinstance(result, tuple) and len(result) == 2):
                     raise TypeError(f"compute for {key} must return (arrays, meta)")
                 blob = encode_blob(*result)
@@ -474,7 +476,8 @@ def resolve_cache(cache: ArrayCache | bool | None) -> ArrayCache | None:
     return cache
 
 
-def _default_directory() -> Path:
+def default_directory() -> Path:
+    """`$SAE_CACHE_DIR/sae_geometry`, else `~/.cache/sae_geometry` (read at each call)."""
     root = os.environ.get(ENV_DIR, "").strip()
     if root:
         return Path(root).expanduser() / SUBFOLDER
@@ -491,7 +494,7 @@ def _default_size_limit() -> int:
         raise InputError(f"{ENV_SIZE_LIMIT}={text!r} is not a whole number of bytes") from None
 
 
-def _make_private_dir(path: Path) -> None:
+def make_private_dir(path: Path) -> None:
     """Create `path` (and parents) and make it owner-only, or raise SAEError saying why not."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)

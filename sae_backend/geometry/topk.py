@@ -33,6 +33,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..activity import exclusive
+
 GROUP = 64  # columns per group when shortlisting candidates from a bf16 score block
 _U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
 _SMALL_PAIRS = 2**24  # below this many pairs "auto" takes the float32 path
@@ -141,7 +143,8 @@ def topk_cosine(
     indices = torch.empty((n_a, k), dtype=torch.int64)
     run = _Bf16Scorer(tb, k) if precision == "bf16" else None
     fallback_rows = 0
-    with _no_tf32():
+    label = f"top-{k} of {n_a:,} x {n_b:,} on {dev}"
+    with exclusive(str(dev), label, n_a * n_b), _no_tf32():
         for r0 in range(0, n_a, bm):
             r1 = min(n_a, r0 + bm)
             self_offset = r0 if self_mode else None
