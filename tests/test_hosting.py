@@ -1,0 +1,151 @@
+"""Hosted mode's rules: which sources a visitor may load, settings parsing, redaction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sae_backend.errors import InputError
+from sae_backend.hosting import Hosted, hosted_settings, read_settings
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[str, Path]:
+    """data/ (shared) with a file and an SAE-like folder; secret/ outside it."""
+    data, secret = tmp_path / "data", tmp_path / "secret"
+    (data / "sae").mkdir(parents=True)
+    secret.mkdir()
+    (data / "w.pt").write_bytes(b"x")
+    (data / "sae" / "cfg.json").write_text("{}")
+    (secret / "key.pt").write_bytes(b"secret")
+    (secret / "cfg.json").write_text("{}")
+    return {"data": data, "secret": secret, "root": tmp_path}
+
+
+def hosted(tree, **kw) -> Hosted:
+    return Hosted(data_dirs=(tree["data"],), **kw)
+
+
+def test_paths_inside_the_data_folder_are_allowed(tree) -> None:
+    s = hosted(tree)
+    assert s.check_source(str(tree["data"] / "w.pt")) == str((tree["data"] / "w.pt").resolve())
+    assert s.check_source("w.pt") == str((tree["data"] / "w.pt").resolve())  # relative
+    assert s.check_source("sae") == str((tree["data"] / "sae").resolve())
+    assert s.check_source("w.pt#blocks.6") == str((tree["data"] / "w.pt").resolve()) + "#blocks.6"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "../secret/key.pt",
+        "sae/../../secret/key.pt",
+        "/etc/passwd",
+        "~/.ssh/id_rsa",
+        "{secret}/key.pt",
+        "../../../../../../etc/shadow",
+    ],
+)
+def test_escapes_are_refused(tree, uri: str) -> None:
+    s = hosted(tree)
+    with pytest.raises(InputError) as e:
+        s.check_source(uri.format(secret=tree["secret"]))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "outside the data folders" in msg or "no such file" in msg
+
+
+def test_symlink_escapes_are_refused(tree) -> None:
+    data, secret = tree["data"], tree["secret"]
+    (data / "link.pt").symlink_to(secret / "key.pt")
+    (data / "linked_dir").symlink_to(secret)
+    inner = data / "sneaky"
+    inner.mkdir()
+    (inner / "sae_weights.safetensors").symlink_to(secret / "key.pt")
+    deep = data / "deep" / "sub"
+    deep.mkdir(parents=True)
+    (deep / "cfg.json").symlink_to(secret / "cfg.json")
+    nested = data / "nested"
+    nested.mkdir()
+    (nested / "out").symlink_to(secret)
+    s = hosted(tree)
+    for uri in ("link.pt", "linked_dir", "linked_dir/key.pt"):
+        with pytest.raises(InputError, match="outside the data folders"):
+            s.check_source(uri)
+    for uri, name in (("sneaky", "sae_weights"), ("deep", "cfg.json"), ("nested", "out")):
+        with pytest.raises(InputError, match=f"{name}.* links outside the data folders"):
+            s.check_source(uri)
+    # a link that stays inside the data folder is fine
+    (data / "alias.pt").symlink_to(data / "w.pt")
+    assert s.check_source("alias.pt") == str((data / "w.pt").resolve())
+
+
+def test_missing_paths_nul_and_no_data_folder(tree) -> None:
+    s = hosted(tree)
+    with pytest.raises(InputError, match="no such file"):
+        s.check_source("missing.pt")
+    with pytest.raises(InputError, match="NUL"):
+        s.check_source("w.pt\x00../../etc/passwd")
+    with pytest.raises(InputError, match="loads no local files"):
+        Hosted().check_source("w.pt")
+
+
+def test_remote_schemes_only_when_allowed(tree) -> None:
+    s = hosted(tree, remote=frozenset({"hf"}))
+    assert s.check_source("hf:owner/repo:x.pt") == "hf:owner/repo:x.pt"
+    with pytest.raises(InputError, match="wandb: sources are turned off on this server"):
+        s.check_source("wandb:sparsify/gpt2/tvj2owza")
+    with pytest.raises(InputError, match=r"allowed: none"):
+        hosted(tree).check_source("saelens:rel/sae")
+
+
+def test_read_settings(tmp_path: Path, tree) -> None:
+    f = tmp_path / "hosted.toml"
+    f.write_text(
+        'data_dirs = ["data"]\nremote = ["hf", "wandb"]\nauth = "oidc"\n'
+        'allowed_emails = ["A@x.org"]\nmemory_budget_mb = 64\nupload_limit_mb = 5\n'
+    )
+    s = read_settings(f)
+    assert s.data_dirs == (tree["data"].resolve(),)
+    assert s.remote == {"hf", "wandb"} and s.auth == "oidc" and s.allowed_emails == ("a@x.org",)
+    assert (s.memory_budget_mb, s.upload_limit_mb, s.uploads) == (64, 5, True)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('auth = "magic"', "auth must be one of"),
+        ('remote = ["ftp"]', "remote may list only"),
+        ('data_dirs = ["nowhere"]', "does not exist"),
+        ("memory_budget_mb = 0", "limits must be positive"),
+        ("colour = 1", "unknown keys"),
+        ("memory_budget_mb = ", "cannot read"),
+        ('memory_budget_mb = "lots"', "invalid literal"),
+    ],
+)
+def test_bad_settings_fail_in_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    f = tmp_path / "hosted.toml"
+    f.write_text(text + "\n")
+    with pytest.raises(InputError) as e:
+        read_settings(f)
+    assert needle in str(e.value) and str(f) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_hosted_settings_follow_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SAE_HOSTED", raising=False)
+    assert hosted_settings() is None
+    f = tmp_path / "h.toml"
+    f.write_text('auth = "none"\n')
+    monkeypatch.setenv("SAE_HOSTED", str(f))
+    assert hosted_settings().auth == "none"
+
+
+def test_redact_blanks_secrets_and_private_folders(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("SAE_PASSWORD", "hunter2-long")
+    s = Hosted(upload_dir=tmp_path / "uploads")
+    msg = f"{tmp_path / 'uploads'}/ab/x.pt: bad; key {'k' * 40}; pw hunter2-long; {os.environ['SAE_CACHE_DIR']}/y"
+    out = s.redact(msg)
+    assert "<upload>/ab/x.pt" in out and "k" * 40 not in out and "hunter2" not in out
+    assert "<cache>/y" in out and str(tmp_path) not in out
