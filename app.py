@@ -55,7 +55,11 @@ else:
 
 # --- Add ------------------------------------------------------------------------------------
 st.subheader("Add a dictionary")
-by_uri, from_menu, by_upload = st.tabs(["By URI", "From the paper's catalogue", "Upload"])
+hosted = ds.settings()
+tabs = ["By URI", "From the paper's catalogue"]
+if hosted is None or hosted.uploads:
+    tabs.append("Upload")
+by_uri, from_menu, *upload_tab = st.tabs(tabs)
 
 with by_uri:
     with st.form("add_uri"):
@@ -73,6 +77,13 @@ with by_uri:
             format_func=lambda o: o or "from the file",
         )
         submitted = st.form_submit_button("Load")
+    if hosted is not None:
+        shared = ", ".join(f"`{d.name}/`" for d in hosted.data_dirs) or "none"
+        remote = ", ".join(f"`{r}:`" for r in sorted(hosted.remote)) or "none"
+        st.caption(
+            f"This is a shared server: local paths load from its data folders ({shared}; "
+            f"relative paths start in the first); remote sources allowed: {remote}."
+        )
     if submitted:
         if not uri.strip():
             st.error("Enter a source: a local path or a wandb:, hf: or saelens: URI.")
@@ -93,9 +104,17 @@ with from_menu:
     sae_type = c2.selectbox("Type", list(cat.sae_types), format_func=cat.sae_types.get)
     criterion = c3.selectbox("Matched by", list(cat.criteria), format_func=cat.criteria.get)
     found = cat.select(criterion=criterion, layer=layer, sae_type=sae_type)
-    if found:
-        entry = found[0]
-        uris = entry.uris()
+    entry = found[0] if found else None
+    uris = {  # the copies of this SAE that this server lets visitors load
+        k: u
+        for k, u in (entry.uris() if entry else {}).items()
+        if hosted is None or u.split(":")[0] in hosted.remote
+    }
+    if entry is None:
+        st.info("The catalogue has no SAE for this combination.")
+    elif not uris:
+        st.info("This server allows none of the catalogue's sources (W&B, Hugging Face, SAELens).")
+    else:
         kind = st.radio(
             "Load from", list(uris), horizontal=True, format_func=lambda k: f"{k}: {uris[k]}"
         )
@@ -106,13 +125,13 @@ with from_menu:
                 st.rerun()
             except SAEError as e:
                 ds.show_error(e)
-    else:
-        st.info("The catalogue has no SAE for this combination.")
 
-with by_upload:
+
+def upload_section() -> None:
+    """The upload box (hidden on servers that take no uploads)."""
     st.caption(
         f"One checkpoint file, or all files of one SAE folder (e.g. cfg.json + "
-        f"sae_weights.safetensors). At most {ds.UPLOAD_LIMIT_MB} MB. Loaded safely: no code "
+        f"sae_weights.safetensors). At most {ds.upload_limit_mb()} MB. Loaded safely: no code "
         "in a file is ever run."
     )
     files = st.file_uploader("Files", accept_multiple_files=True)
@@ -128,10 +147,15 @@ with by_upload:
         try:
             path = ds.save_upload(files)
             name = up_name.strip() or ds.suggest_name(files[0].name)
-            ds.add(name, path, {"orientation": up_orientation})
+            ds.add(name, path, {"orientation": up_orientation}, upload=True)
             st.rerun()
         except SAEError as e:
             ds.show_error(e)
+
+
+for tab in upload_tab:
+    with tab:
+        upload_section()
 
 # --- Rename / remove ------------------------------------------------------------------------
 if ds.entries():

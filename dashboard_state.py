@@ -9,10 +9,13 @@ a fresh session, so a deep link opened in a new tab works too.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import html
 import os
 import re
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from sae_backend.errors import InputError
 from sae_backend.geometry.compare import Comparison, included
 from sae_backend.geometry.matching import Matching
 from sae_backend.geometry.stats import BootstrapCI, bootstrap_mean_difference, random_null
+from sae_backend.hosting import PASSWORD_SECRET, Hosted, hosted_settings
+from sae_backend.memory import MemoryLRU
 
 STATE_KEY = "sae_dicts"  # session_state: {name: {"uri": str, "options": {key: value}}}
 TOY_NOTE = (
@@ -36,13 +41,20 @@ TOY_NOTE = (
 WANDB_KEY = "WANDB_API_KEY"  # a Streamlit secret of a hosted instance; the wandb client's variable
 UMAP_AUTO_LIMIT = 10_000  # the UMAP page computes up to this many points unasked; more: a button
 _MARK = re.compile(r"\[\[(.*?)\]\]", re.S)  # the firing token in a demo context window
-UPLOAD_LIMIT_MB = 512  # also server.maxUploadSize in .streamlit/config.toml
+UPLOAD_LIMIT_MB = 512  # local mode; also server.maxUploadSize in .streamlit/config.toml
+UPLOAD_MAX_AGE_S = 24 * 3600  # upload folders older than this are removed on the next upload
+ENV_MEMORY_MB = "SAE_MEMORY_BUDGET_MB"  # local mode; a hosted instance sets memory_budget_mb
+DEFAULT_MEMORY_MB = 8192
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 
 
 def page(title: str) -> None:
-    """Page config, demo on first visit, and the sidebar list of loaded dictionaries."""
+    """Page config, the login of a hosted instance, demo on first visit, and the sidebar list
+    of loaded dictionaries."""
     st.set_page_config(page_title=f"SAE geometry · {title}", layout="wide")
+    hosted = settings()
+    if hosted is not None:
+        _gate(hosted)
     wandb_key_from_secrets()
     if STATE_KEY not in st.session_state:
         st.session_state[STATE_KEY] = {
@@ -54,6 +66,79 @@ def page(title: str) -> None:
             st.markdown(f"- **{name}** · `{_short(entry['uri'])}`")
         if any(is_demo(e["uri"]) for e in entries().values()):
             st.caption(demo_note())
+
+
+def settings() -> Hosted | None:
+    """The hosted settings ($SAE_HOSTED), or None on a laptop; a broken file stops the page."""
+    try:
+        return hosted_settings()
+    except SAEError as e:
+        st.error(f"This server is misconfigured: {e}")
+        st.stop()
+
+
+def _secret(name: str) -> str:
+    """A secret from Streamlit secrets, else from the environment ('' if neither has it)."""
+    try:
+        value = st.secrets.get(name)
+    except FileNotFoundError:  # no secrets file
+        value = None
+    return str(value) if value else os.environ.get(name, "")
+
+
+def _gate(hosted: Hosted) -> None:
+    """Stop the page unless this session may see it (hosted mode's `auth` setting)."""
+    if hosted.auth == "password":
+        _password_gate()
+    elif hosted.auth == "oidc":
+        _oidc_gate(hosted)
+    # "proxy": a reverse proxy in front authenticates; "none": an open instance
+
+
+def _password_gate() -> None:
+    if st.session_state.get("_authenticated"):
+        with st.sidebar:
+            if st.button("Log out"):
+                st.session_state.clear()
+                st.rerun()
+        return
+    expected = _secret(PASSWORD_SECRET)
+    st.title("SAE dictionary geometry")
+    if not expected:  # fail closed: a password server without a password admits nobody
+        st.error(f"This server asks for a password but has none set (secret {PASSWORD_SECRET}).")
+        st.stop()
+    with st.form("login"):
+        given = st.text_input("Password", type="password")
+        entered = st.form_submit_button("Enter")
+    if entered:
+        digest = hashlib.sha256  # equal-length digests: compare_digest leaks no length
+        if hmac.compare_digest(digest(given.encode()).digest(), digest(expected.encode()).digest()):
+            st.session_state["_authenticated"] = True
+            st.rerun()
+        time.sleep(1.0)  # slows guessing down
+        st.error("Wrong password.")
+    st.stop()
+
+
+def _oidc_gate(hosted: Hosted) -> None:
+    try:
+        configured = "auth" in st.secrets
+    except FileNotFoundError:
+        configured = False
+    if not configured:
+        st.error("This server uses OIDC login but has no [auth] section in its secrets.")
+        st.stop()
+    if not st.user.get("is_logged_in", False):  # absent until a login was configured
+        st.title("SAE dictionary geometry")
+        st.button("Log in", on_click=st.login, type="primary")
+        st.stop()
+    email = str(st.user.get("email") or "").lower()
+    if hosted.allowed_emails and email not in hosted.allowed_emails:
+        st.error(f"{email or 'This account'} may not use this server.")
+        st.button("Log out", on_click=st.logout)
+        st.stop()
+    with st.sidebar:
+        st.button("Log out", on_click=st.logout)
 
 
 def wandb_key_from_secrets() -> None:
@@ -131,18 +216,31 @@ def context_hover(contexts_of: dict[int, list], feature: int) -> str:
 
 
 def show_error(err: SAEError, what: str = "") -> None:
-    """One st.error line for an expected problem (never a traceback)."""
-    st.error(f"{what}: {err}" if what else str(err))
+    """One st.error line for an expected problem (never a traceback); on a hosted instance
+    without the server's private folders and secrets."""
+    text = f"{what}: {err}" if what else str(err)
+    hosted = settings()
+    st.error(hosted.redact(text) if hosted is not None else text)
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _load(uri: str, options: tuple[tuple[str, str], ...]) -> Dictionary:
-    return load(uri, **dict(options))
+@st.cache_resource(show_spinner=False)
+def shared_memory() -> MemoryLRU:
+    """The one in-RAM store of dictionaries and results for every session of this server."""
+    hosted = settings()
+    if hosted is not None:
+        mb = hosted.memory_budget_mb
+    else:
+        raw = os.environ.get(ENV_MEMORY_MB, "").strip()
+        mb = int(raw) if raw.isdigit() else DEFAULT_MEMORY_MB
+    return MemoryLRU(mb * 2**20)
 
 
 def load_entry(uri: str, options: dict[str, str] | None = None) -> Dictionary:
-    """The Dictionary for (uri, options), from the process-wide cache; raises SAEError."""
-    return _load(uri, _options_key(options))
+    """The Dictionary for (uri, options), from the shared in-memory store; raises SAEError."""
+    opts = _options_key(options)
+    return shared_memory().get_or_compute(
+        ("dictionary", uri, opts), lambda: load(uri, **dict(opts))
+    )
 
 
 def _options_key(options: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
@@ -175,8 +273,16 @@ def dictionaries_or_stop() -> dict[str, Dictionary]:
     return dicts
 
 
-def add(name: str, uri: str, options: dict[str, str] | None = None) -> Dictionary:
-    """Load (uri, options) and register it under `name`; raises SAEError (nothing registered)."""
+def add(
+    name: str, uri: str, options: dict[str, str] | None = None, *, upload: bool = False
+) -> Dictionary:
+    """Load (uri, options) and register it under `name`; raises SAEError (nothing registered).
+
+    On a hosted instance a visitor's URI must pass the server's rules first (`Hosted.
+    check_source`); `upload=True` marks a path that `save_upload` wrote, which needs none."""
+    hosted = settings()
+    if hosted is not None and not upload:
+        uri = hosted.check_source(uri)
     name = name.strip()
     if not _NAME_OK.match(name):
         raise InputError(
@@ -222,14 +328,27 @@ def suggest_name(uri: str) -> str:
     return name
 
 
+def upload_limit_mb() -> int:
+    hosted = settings()
+    return hosted.upload_limit_mb if hosted is not None else UPLOAD_LIMIT_MB
+
+
 def save_upload(files: list[Any]) -> str:
     """Write uploaded files (one checkpoint, or the files of one SAE folder) under a content-
-    named temp folder, keeping their names (formats are detected by name); returns the URI."""
+    named folder, keeping their names (formats are detected by name); returns the URI.
+
+    Folders older than a day are removed first, so uploads do not pile up on a server."""
+    total = sum(len(f.getvalue()) for f in files)
+    if total > upload_limit_mb() * 2**20:
+        raise InputError(f"the upload is {total / 2**20:.0f} MB; at most {upload_limit_mb()} MB")
+    hosted = settings()
+    root = hosted.upload_folder if hosted else Path(tempfile.gettempdir()) / "sae_uploads"
+    _remove_old_uploads(root)
     h = hashlib.blake2b(digest_size=8)
     for f in files:
         h.update(f.name.encode() + b"\0" + f.getvalue())
-    folder = Path(tempfile.gettempdir()) / "sae_uploads" / h.hexdigest()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = root / h.hexdigest()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for f in files:
         target = folder / Path(f.name).name  # never a path from the client
         if not target.exists():
@@ -239,26 +358,30 @@ def save_upload(files: list[Any]) -> str:
     return str(folder if len(files) > 1 else folder / Path(files[0].name).name)
 
 
-@st.cache_resource(show_spinner=False, max_entries=256)
-def comparison(
-    a_fp: str, b_fp: str | None, directions: str, k: int, _a: Dictionary, _b: Dictionary | None
+def _remove_old_uploads(root: Path) -> None:
+    if not root.is_dir():
+        return
+    now = time.time()
+    for folder in root.iterdir():
+        try:
+            if folder.is_dir() and now - folder.stat().st_mtime > UPLOAD_MAX_AGE_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # removed by another session meanwhile
+
+
+def compare_named(
+    a: Dictionary, b: Dictionary | None, directions: str = "decoder", k: int = 1
 ) -> Comparison:
-    """compare(a, b) held in memory (the backend also caches it on disk), keyed by fingerprints."""
-    return compare(_a, _b, directions=directions, k=k)
-
-
-def compare_named(a: Dictionary, b: Dictionary | None, directions: str = "decoder", k: int = 1):
-    return comparison(a.fingerprint, b and b.fingerprint, directions, k, a, b)
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _matching(a_fp: str, b_fp: str, directions: str, _a: Dictionary, _b: Dictionary) -> Matching:
-    return match(_a, _b, directions=directions)
+    """compare(a, b) from the shared in-memory store (the backend also caches it on disk)."""
+    key = ("compare", a.fingerprint, b and b.fingerprint, directions, k)
+    return shared_memory().get_or_compute(key, lambda: compare(a, b, directions=directions, k=k))
 
 
 def matching(a: Dictionary, b: Dictionary, directions: str = "decoder") -> Matching:
-    """One-to-one matching (indices are feature indices), held in memory per fingerprints."""
-    return _matching(a.fingerprint, b.fingerprint, directions, a, b)
+    """One-to-one matching (indices are feature indices), from the shared in-memory store."""
+    key = ("match", a.fingerprint, b.fingerprint, directions)
+    return shared_memory().get_or_compute(key, lambda: match(a, b, directions=directions))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -398,6 +398,10 @@ class ArrayCache:
         """Remove every entry (lock files stay: another process may be holding one)."""
         self._cache.clear(retry=True)
 
+    def __len__(self) -> int:
+        """Number of stored entries."""
+        return len(self._cache)
+
     def volume(self) -> int:
         """Bytes on disk: the database plus the value files."""
         return int(self._cache.volume())

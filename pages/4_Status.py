@@ -1,0 +1,74 @@
+"""Status: what this server holds and computes, for whoever runs or shares the instance.
+
+Every number comes from the process itself: the disk cache (`sae_backend.cache`), the shared
+in-memory store (`dashboard_state.shared_memory`), and the activity register
+(`sae_backend.activity`), which counts each computation the cache had to run.
+"""
+
+from __future__ import annotations
+
+import resource
+
+import pandas as pd
+import streamlit as st
+
+import dashboard_state as ds
+from sae_backend.activity import ACTIVITY
+from sae_backend.cache import default_cache
+
+ds.page("Status")
+st.title("Server status")
+if st.button("Refresh"):
+    st.rerun()
+
+hosted = ds.settings()
+if hosted is None:
+    st.caption("Local mode: no login, any source may be loaded.")
+else:
+    st.caption(
+        f"Hosted mode: login `{hosted.auth}`; {len(hosted.data_dirs)} data folder(s); remote "
+        f"sources: {', '.join(sorted(hosted.remote)) or 'none'}; uploads "
+        f"{'on' if hosted.uploads else 'off'}."
+    )
+
+MB = 2**20
+disk = default_cache()
+mem = ds.shared_memory().stats()
+snap = ACTIVITY.snapshot()
+runs = snap.runs
+peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Disk cache", f"{disk.volume() / MB:,.1f} MB", f"{len(disk)} entries", "off")
+c2.metric("Held in memory", f"{mem.held / MB:,.1f} MB", f"of {mem.budget / MB:,.0f} MB", "off")
+c3.metric("Computations run", f"{sum(runs.values())}", f"{len(runs)} distinct", "off")
+c4.metric("Server peak memory", f"{peak_rss / MB:,.0f} MB")
+st.caption(
+    f"Memory store: {mem.entries} objects, peak {mem.peak / MB:,.1f} MB, {mem.hits} hits, "
+    f"{mem.misses} loads, {mem.evictions} evicted, {mem.oversize} too big to hold. "
+    f"Most runs of one computation: {max(runs.values(), default=0)}."
+)
+
+st.subheader("In progress")
+if snap.tasks:
+    st.dataframe(
+        pd.DataFrame(
+            [{"kind": t.kind, "what": t.label, "state": t.state, "seconds": t.seconds}
+             for t in snap.tasks]
+        ),
+        hide_index=True,
+        column_config={"seconds": st.column_config.NumberColumn(format="%.1f")},
+    )  # fmt: skip
+else:
+    st.write("Nothing is being computed.")
+
+st.subheader("Computations since the server started")
+if runs:
+    st.dataframe(
+        pd.DataFrame(
+            [{"kind": kind, "key": key, "runs": n} for (kind, key), n in sorted(runs.items())]
+        ),
+        hide_index=True,
+    )
+else:
+    st.write("None yet: everything shown so far came from the cache.")
