@@ -9,41 +9,27 @@ them). No browser is ever downloaded: Playwright launches /usr/bin/chromium.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-# Shown while the script runs, and in place of elements whose code is still loading.
-BUSY = '[data-testid="stStatusWidget"], [data-testid="stSkeleton"], [data-testid="stProgress"]'
-PAGES = {"home": "/", "similarity": "/Similarity", "neighbours": "/Neighbours", "umap": "/UMAP"}
+from tests.browser_support import (
+    ARGS,
+    CHROMIUM,
+    assert_no_exception,
+    free_port,
+    local_command,
+    shot,
+    streamlit_server,
+    wait_rendered,
+)
+
+PAGES = {"home": "/", "similarity": "/Similarity", "neighbours": "/Neighbours", "umap": "/UMAP",
+         "status": "/Status"}  # fmt: skip
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,36 +38,9 @@ def server(tmp_path_factory):
     port = free_port()
     cache = tmp_path_factory.mktemp("browser_cache")
     # the toy demo (SAE_DEMO=toy): its planted geometry gives the clicks below known targets
-    env = {**os.environ, "SAE_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT), "SAE_DEMO": "toy"}
-    log = open(cache / "streamlit.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(
-                        "streamlit did not start: " + (cache / "streamlit.log").read_text()[-2000:]
-                    ) from None
-                time.sleep(0.3)
+    env = {"SAE_CACHE_DIR": str(cache), "SAE_DEMO": "toy"}
+    with streamlit_server(local_command(port), env, cache / "streamlit.log", port) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -98,33 +57,6 @@ def page(browser):
     p = context.new_page()
     yield p
     context.close()
-
-
-def wait_rendered(page, timeout=60_000) -> None:
-    """Until Streamlit has run the script and drawn it: the page title is shown, and for a full
-    second neither the running indicator nor a placeholder skeleton has been seen."""
-    page.wait_for_selector('[data-testid="stMain"] h1', timeout=timeout)
-    quiet_since = time.time()
-    deadline = time.time() + timeout / 1000
-    while time.time() - quiet_since < 1.0:
-        if page.locator(BUSY).count():
-            quiet_since = time.time()
-        assert time.time() < deadline, "the page kept running"
-        page.wait_for_timeout(100)
-    page.wait_for_function(  # plotly draws after the script has finished
-        """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
-                 .every(c => c.querySelector('.main-svg'))""",
-        timeout=timeout,
-    )
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def assert_no_exception(page) -> None:
-    assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")[:2000]
 
 
 @pytest.mark.parametrize("name", list(PAGES))
