@@ -131,23 +131,55 @@ def match(
     device: str = "auto",
     forward: Comparison | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cache: ArrayCache | None | bool = True,
 ) -> Matching:
     """One-to-one matching of A's included features to B's; indices are feature indices.
 
     `forward` (a Comparison of A with B, same directions) saves one top-k pass at scale.
+    cache: True uses the default disk cache, False none, or a given ArrayCache. The key is
+    the fingerprints, directions, k_candidates and dense_limit: `forward` stands in for a top-k
+    pass that gives the same candidates (the top-k is exact, ties to the lower index), and
+    `device` does not change exact results, so neither is part of it (as in `compare`).
+    Raises InputError for a `forward` that is not a comparison of A with B by `directions`.
     """
     ia, ib = included(a), included(b)
-    va, vb = a.directions(directions)[ia], b.directions(directions)[ib]
     fwd = None
-    if forward is not None and forward.values.shape[1] >= k_candidates:
-        position = np.full(b.n_features, -1, np.int64)
-        position[ib] = np.arange(len(ib))
-        fwd = TopK(forward.values, position[forward.indices])
-    m = match_one_to_one(
-        va, vb, k_candidates=k_candidates, dense_limit=dense_limit, device=device,
-        progress=progress, forward=fwd,
-    )  # fmt: skip
-    b_index = np.where(m.b_index >= 0, ib[np.maximum(m.b_index, 0)], -1)
-    return Matching(
-        b_index, m.cosine, m.total, m.mean, m.n_matched, m.method, m.upper_bound, m.n_candidates
-    )
+    if forward is not None:
+        if (forward.a_fingerprint, forward.b_fingerprint, forward.directions) != (
+            a.fingerprint,
+            b.fingerprint,
+            directions,
+        ):
+            raise InputError(
+                f"forward is not a {directions} comparison of {a.meta.source} with "
+                f"{b.meta.source}; pass compare(a, b, directions={directions!r}, k=...)"
+            )
+        if forward.values.shape[1] >= k_candidates:
+            position = np.full(b.n_features, -1, np.int64)
+            position[ib] = np.arange(len(ib))
+            fwd = TopK(forward.values, position[forward.indices])
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
+        va, vb = a.directions(directions)[ia], b.directions(directions)[ib]
+        m = match_one_to_one(
+            va, vb, k_candidates=k_candidates, dense_limit=dense_limit, device=device,
+            progress=progress, forward=fwd,
+        )  # fmt: skip
+        b_index = np.where(m.b_index >= 0, ib[np.maximum(m.b_index, 0)], -1)
+        meta = {name: getattr(m, name) for name in _MATCHING_SCALARS}
+        return {"b_index": b_index, "cosine": m.cosine}, meta
+
+    store = resolve_cache(cache)
+    if store is None:
+        arrays, meta = compute()
+    else:
+        key = make_key(
+            "match", a.fingerprint, b.fingerprint, directions=directions,
+            k_candidates=k_candidates, dense_limit=dense_limit,
+        )  # fmt: skip
+        arrays, meta = store.get_or_compute(key, compute)
+    return Matching(arrays["b_index"], arrays["cosine"], **meta)
+
+
+# Matching's fields besides its two arrays: stored as JSON (floats round-trip exactly, NaN too).
+_MATCHING_SCALARS = ("total", "mean", "n_matched", "method", "upper_bound", "n_candidates")

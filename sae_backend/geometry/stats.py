@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..cache import ArrayCache, make_key, resolve_cache
 from ..errors import InputError
 from .topk import topk_cosine
 
@@ -113,22 +114,34 @@ def random_null(
     k: int = 1,
     seed: int = 0,
     device: str = "auto",
+    cache: ArrayCache | None | bool = True,
 ) -> np.ndarray:  # [n_a] float32
     """What chance looks like: k-th largest cosine (k=1: the max) of random unit directions.
 
     Draws A ([n_a, d]) and then B ([n_b, d]) from `np.random.default_rng(seed)` with
     `random_unit_rows`, and returns, for each row of A, its k-th nearest cosine among B, or
     among the other rows of A when `n_b` is None. Same seed, same values.
+    cache: True uses the default disk cache, False none, or a given ArrayCache; the key is
+    (n_a, n_b, d, k, seed), since at 46,080 features this is a full top-k pass.
     """
     if d < 1 or n_a < 1 or (n_b is not None and n_b < 1):
         raise InputError(f"random_null needs n_a >= 1, n_b >= 1 and d >= 1, got {n_a}, {n_b}, {d}")
     limit = n_a - 1 if n_b is None else n_b
     if not 1 <= k <= limit:
         raise InputError(f"k={k} must be between 1 and {limit} (the number of candidates)")
-    rng = np.random.default_rng(seed)
-    a = random_unit_rows(n_a, d, rng)
-    b = None if n_b is None else random_unit_rows(n_b, d, rng)
-    return topk_cosine(a, b, k, device=device).values[:, k - 1].copy()
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
+        rng = np.random.default_rng(seed)
+        a = random_unit_rows(n_a, d, rng)
+        b = None if n_b is None else random_unit_rows(n_b, d, rng)
+        return {"values": topk_cosine(a, b, k, device=device).values[:, k - 1].copy()}, {}
+
+    store = resolve_cache(cache)
+    if store is None:
+        return compute()[0]["values"]
+    nb = None if n_b is None else int(n_b)  # int(): numpy and Python integers, one key
+    key = make_key("random_null", n_a=int(n_a), n_b=nb, d=int(d), k=int(k), seed=int(seed))
+    return store.get_or_compute(key, compute)[0]["values"].copy()  # [n_a]: small, writable
 
 
 class BootstrapCI(NamedTuple):
