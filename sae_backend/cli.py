@@ -1,13 +1,18 @@
-"""Command line over the same API the app uses: `python -m sae_backend info|compare|umap ...`.
+"""The command line over the API the app uses: `python -m sae_backend COMMAND ...`.
+
+Commands: info, compare, umap, precompute (see `_parser`).
 
 Expected bad input (unknown URI, broken file, mismatched d_model, k out of range) prints one
 line `error: ...` to stderr and exits 2; output files are written whole or not at all.
+`precompute` goes on past a source or an item that fails (one `error:` line each) and then
+exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -22,6 +27,7 @@ from .dictionary import Dictionary
 from .errors import SAEError
 from .geometry.compare import DIRECTIONS, MAX_K, compare, included, match
 from .loader import load
+from .precompute import KINDS, Outcome, catalogue_sources, precompute
 from .projection import default_epochs, umap_embedding
 
 
@@ -86,6 +92,37 @@ def _parser() -> argparse.ArgumentParser:
     um.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
     _load_options(um)
     um.set_defaults(run=_umap)
+
+    pre = sub.add_parser(
+        "precompute",
+        help="fill the disk cache with what the dashboard's pages compute for these SAEs",
+        description="For the SRCs (and/or the paper's SAEs of one layer), in the order the "
+        "dashboard lists them: within and every ordered pair's max cosine, the random-direction "
+        "nulls of those sizes, every ordered pair's one-to-one matching, and the UMAP page's "
+        "default embeddings (the first two together, each alone), for each direction; encoder "
+        "items only where every dictionary involved has an encoder. Progress goes to stderr, "
+        "a summary to stdout. Exit 1 when a source or an item failed (the rest still run).",
+    )
+    pre.add_argument("srcs", nargs="*", metavar="SRC")
+    pre.add_argument(
+        "--catalogue-layer", type=int, metavar="L", help="add the paper's SAEs of layer L"
+    )
+    pre.add_argument(
+        "--via",
+        choices=("wandb", "hf", "hf_saelens", "saelens"),
+        default="wandb",
+        help="which copy of the catalogue's SAEs to load (default wandb, the app's default)",
+    )
+    pre.add_argument("--criterion", help="only the catalogue's runs matched by this criterion")
+    pre.add_argument("--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
+    pre.add_argument("--match", action=argparse.BooleanOptionalAction, default=True,
+                     help="one-to-one matchings (default: on)")  # fmt: skip
+    pre.add_argument("--umap", action=argparse.BooleanOptionalAction, default=True,
+                     help="UMAP embeddings (default: on)")  # fmt: skip
+    pre.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    pre.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _load_options(pre)
+    pre.set_defaults(run=_precompute)
     return p
 
 
@@ -183,6 +220,68 @@ def _umap(args: argparse.Namespace) -> int:
         f"n_neighbors {args.n_neighbors}, min_dist {args.min_dist:g}, seed {args.seed}){where}"
     )
     return 0
+
+
+def _precompute(args: argparse.Namespace) -> int:
+    sources = {src: src for src in args.srcs}
+    if args.catalogue_layer is not None:
+        found, notes = catalogue_sources(args.catalogue_layer, args.via, args.criterion)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        sources.update((name, uri) for name, uri in found.items() if uri not in sources.values())
+    elif args.criterion is not None:
+        raise SAEError("--criterion selects catalogue runs: give --catalogue-layer too")
+    if not sources:
+        raise SAEError("nothing to precompute: give SRCs or --catalogue-layer")
+    dicts, load_failed = {}, False
+    for name, uri in sources.items():
+        try:
+            d = dicts[name] = _load(uri, args)
+        except SAEError as e:  # one line per source; the others still run
+            print(f"error: {e}", file=sys.stderr)
+            load_failed = True
+            continue
+        where = "" if name == uri else f" = {uri}"
+        print(
+            f"loaded {name}{where}: {d.n_features} features ({d.n_alive} alive), d_model "
+            f"{d.d_model}, {'with' if d.has_encoder else 'no'} encoder",
+            file=sys.stderr,
+        )
+    if not dicts:
+        return 2  # every source was bad input, each already said why
+    kinds = [k for k in KINDS if {"match": args.match, "umap": args.umap}.get(k, True)]
+    outcomes = precompute(
+        dicts, directions=args.directions, kinds=kinds, device=args.device,
+        progress=lambda item: _bar(0, f"{item.kind} {item.label}", unit="step"),
+        report=_report_item,
+    )  # fmt: skip
+    _print_outcomes(outcomes, args.json)
+    failed = load_failed or any(o.status == "failed" for o in outcomes)
+    return 1 if failed else 0
+
+
+def _report_item(i: int, n: int, o: Outcome) -> None:
+    what = f"[{i}/{n}] {o.status} {o.kind} {o.label}"
+    if o.status == "failed":
+        print(f"error: {what}: {o.message}", file=sys.stderr)
+    elif o.status == "skipped":
+        print(f"{what}: {o.message}", file=sys.stderr)
+    else:
+        print(f"{what} ({o.seconds:.2f} s)", file=sys.stderr)
+
+
+def _print_outcomes(outcomes: list[Outcome], as_json: bool) -> None:
+    """The summary on stdout: one row per item, then the counts by status."""
+    counts = {s: sum(o.status == s for o in outcomes) for s in Outcome.STATUSES}
+    if as_json:
+        items = [dataclasses.asdict(o) for o in outcomes]
+        print(json.dumps({"counts": counts, "items": items}, indent=1))
+        return
+    for o in outcomes:
+        tail = f"  ({o.message})" if o.message else ""
+        print(f"{o.status:<9} {o.seconds:9.2f} s  {o.kind:<8} {o.label}{tail}")
+    total = sum(o.seconds for o in outcomes)
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {total:.1f} s in all")
 
 
 def _write_csv(path: Path, res, matched, k: int) -> None:
