@@ -112,7 +112,10 @@ def _files_identity(path: Path, limit: int = 2000) -> str:
         if depth >= (2 if path.is_dir() else 0):
             dirs.clear()
         for name in sorted(files):
-            st = os.stat(os.path.join(root, name))
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:  # a dangling symlink, a file gone since the listing: unreadable anyway
+                continue
             entries.append(f"{os.path.join(root, name)}|{st.st_size}|{st.st_mtime_ns}")
             if len(entries) >= limit:
                 break

@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import URIError
 
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*):(.*)$", re.S)
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]+$")  # not "." or "..": names become folders
 
 
 @dataclass(frozen=True)

@@ -66,14 +66,16 @@ _READ_ERRORS = (
 
 
 def one_line(text: object, limit: int = _MAX_MESSAGE) -> str:
-    """Collapse whitespace to single spaces and cut to `limit` characters."""
+    """Collapse whitespace to single spaces, escape other control characters (a NUL or a
+    terminal escape in a hostile file name), and cut to `limit` characters."""
     s = " ".join(str(text).split())
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def fail(path: Path | str, message: str) -> FormatError:
     """A FormatError whose one-line message starts with the file at fault."""
-    return FormatError(f"{path}: {one_line(message, 400)}")
+    return FormatError(f"{one_line(path, 300)}: {one_line(message, 400)}")
 
 
 def list_names(names: Iterable[str], limit: int = 12) -> str:
@@ -643,8 +645,10 @@ def layer_from(text: str | None) -> int | None:
 def _require_file(path: Path) -> None:
     if not path.exists():
         raise fail(path, "no such file")
-    if not path.is_file():
+    if path.is_dir():
         raise fail(path, "expected a file, found a folder")
+    if not path.is_file():  # reading a pipe or a device could block or never end
+        raise fail(path, "expected a regular file, found a pipe, socket or device")
 
 
 def holds(folder: Path, marker: str) -> bool:

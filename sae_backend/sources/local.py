@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SourceError
+from ..formats._io import one_line
 from ..uri import SourceRef
 from . import Progress, Resolved
 
 
 def resolve(ref: SourceRef, progress: Progress | None = None) -> Resolved:
     path = Path(ref.parts[0])
-    if not path.exists():
-        raise SourceError(f"{path}: no such file or folder")
+    try:
+        found = path.exists()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise SourceError(f"{one_line(path, 300)}: not a usable path ({e.strerror})") from e
+    if not found:
+        raise SourceError(f"{one_line(path, 300)}: no such file or folder")
     return Resolved(path=path)
