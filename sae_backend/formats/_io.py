@@ -24,14 +24,17 @@ otherwise. torch is imported lazily so detection and `import sae_backend` stay l
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import os
 import pickle
 import pickletools
 import re
 import sys
+import tokenize
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,8 +52,9 @@ ENV_MAX_ARRAY_BYTES = "SAE_MAX_ARRAY_BYTES"  # overrides MAX_ARRAY_BYTES (bytes)
 MAX_INFLATE_RATIO = 100  # inflated / compressed size above which a zip member is a bomb...
 _INFLATE_FLOOR = 64 * 2**20  # ...unless it inflates to at most this much anyway
 # What malformed data raises inside numpy, torch and zipfile (RuntimeError includes zipfile's
-# NotImplementedError for unknown compression methods and encrypted members). MemoryError is
-# caught apart, as a last resort for a size no check foresaw that is still too big.
+# NotImplementedError for unknown compression methods and encrypted members; a corrupt
+# compressed member raises its decompressor's own error). MemoryError is caught apart, as a
+# last resort for a size no check foresaw that is still too big.
 _READ_ERRORS = (
     ValueError,
     OSError,
@@ -59,6 +63,10 @@ _READ_ERRORS = (
     IndexError,
     RuntimeError,
     zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    SyntaxError,  # numpy parses an .npy header with ast.literal_eval,
+    tokenize.TokenError,  # and a damaged one with tokenize
 )
 
 
@@ -108,11 +116,12 @@ def load_torch(path: Path) -> Any:
         # torch.save writes members uncompressed; torch's mmap path reads a compressed member's
         # raw bytes as tensor data, so a re-zipped archive is inflated (after the zip checks).
         mmap = kind == "zip" and _zip_stored_only(path)
+    except _READ_ERRORS as e:
+        raise fail(path, f"truncated or corrupted PyTorch zip archive ({_reason(e)})") from e
+    try:
         with warnings.catch_warnings():  # plain pickles (protocol > 2) make torch warn; harmless
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except FormatError:
-        raise
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
             found = re.search(r"GLOBAL ([\w.]+)", str(e))
@@ -126,10 +135,11 @@ def load_torch(path: Path) -> Any:
         raise fail(path, f"corrupted PyTorch pickle ({_reason(e)})") from e
     except zipfile.BadZipFile as e:
         raise fail(path, f"truncated or corrupted PyTorch zip archive ({_reason(e)})") from e
-    except _READ_ERRORS as e:
-        raise fail(path, f"truncated or corrupted PyTorch file ({_reason(e)})") from e
     except MemoryError as e:
         raise _out_of_memory(path, e) from e
+    except Exception as e:  # torch.load of damaged bytes raises nearly anything: struct.error,
+        # AssertionError, TypeError from a rebuild call with the wrong arguments, ...
+        raise fail(path, f"truncated or corrupted PyTorch file ({_reason(e)})") from e
 
 
 def _zip_stored_only(path: Path) -> bool:

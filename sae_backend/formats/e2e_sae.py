@@ -85,7 +85,7 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
     dec_key, enc_key, bias_key = next(lay for lay in _LAYOUTS if lay[0] in sub and lay[1] in sub)
     full = (prefix + ".") if prefix else ""
     d = bias_length(sub, [bias_key])
-    ratio = (cfg.get("saes") or {}).get("dict_size_to_input_ratio")
+    ratio = _section(cfg, "saes").get("dict_size_to_input_ratio")
     n = int(ratio * d) if isinstance(ratio, int | float) and d is not None else None
     why = "decoder.bias length" + (
         f" and dict_size_to_input_ratio={ratio} in {cfg_path.name}" if n and cfg_path else ""
@@ -174,9 +174,11 @@ def _hook(prefix: str, position: str | None, cfg: dict[str, Any], ckpt: Path) ->
     """Hook name with dots: from the key prefix, else the config's single position."""
     if prefix:
         return _dots(prefix)
-    listed = (cfg.get("saes") or {}).get("sae_positions")
+    listed = _section(cfg, "saes").get("sae_positions")
     if isinstance(listed, str):
         listed = [listed]
+    elif not isinstance(listed, list):
+        listed = None
     literal = [p for p in listed or [] if isinstance(p, str) and not re.search(r"[*?\[]", p)]
     if position is not None:
         if literal and position_key(position) not in {position_key(p) for p in literal}:
@@ -191,6 +193,12 @@ def _dots(position: str) -> str:
     return position.replace("-", ".")
 
 
+def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """A nested config section, or {} when absent or not a mapping (a damaged config)."""
+    value = cfg.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def _meta(
     cfg: dict[str, Any],
     cfg_path: Path | None,
@@ -199,9 +207,9 @@ def _meta(
     saes: dict[str, Any],
     dec: Any,
 ) -> dict[str, Any]:
-    saes_cfg = cfg.get("saes") or {}
-    loss = cfg.get("loss") or {}
-    sparsity = loss.get("sparsity") or {}
+    saes_cfg = _section(cfg, "saes")
+    loss = _section(cfg, "loss")
+    sparsity = _section(loss, "sparsity")
     m = _SAMPLES.match(ckpt.name)
     meta: dict[str, Any] = {
         "model_name": cfg.get("tlens_model_name") or cfg.get("tlens_model_path"),
