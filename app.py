@@ -34,7 +34,7 @@ for name, d in ds.dictionaries().items():
     rows.append(
         {
             "name": name,
-            "source": "bundled demo" if ds.is_demo(uri) else uri,
+            "source": ds.shown_uri(uri),
             "features": d.n_features,
             "alive": d.n_alive,
             "d_model": d.d_model,

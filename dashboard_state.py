@@ -415,7 +415,14 @@ def progress_callback(text: str) -> tuple[Any, Callable[[int, int], None]]:
     return bar, update
 
 
-def _short(uri: str, n: int = 38) -> str:
+def shown_uri(uri: str) -> str:
+    """A source as visitors see it: the demo by name, on a hosted instance no server paths."""
     if is_demo(uri):
         return "bundled demo"
+    hosted = settings()
+    return hosted.display(uri) if hosted is not None else uri
+
+
+def _short(uri: str, n: int = 38) -> str:
+    uri = shown_uri(uri)
     return uri if len(uri) <= n else "…" + uri[-(n - 1) :]

@@ -39,14 +39,16 @@ runs = snap.runs
 peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Disk cache", f"{disk.volume() / MB:,.1f} MB", f"{len(disk)} entries", "off")
-c2.metric("Held in memory", f"{mem.held / MB:,.1f} MB", f"of {mem.budget / MB:,.0f} MB", "off")
-c3.metric("Computations run", f"{sum(runs.values())}", f"{len(runs)} distinct", "off")
+c1.metric("Disk cache", f"{disk.volume() / MB:,.1f} MB")
+c2.metric("Held in memory", f"{mem.held / MB:,.1f} MB")
+c3.metric("Computations run", f"{sum(runs.values())}")
 c4.metric("Server peak memory", f"{peak_rss / MB:,.0f} MB")
 st.caption(
-    f"Memory store: {mem.entries} objects, peak {mem.peak / MB:,.1f} MB, {mem.hits} hits, "
-    f"{mem.misses} loads, {mem.evictions} evicted, {mem.oversize} too big to hold. "
-    f"Most runs of one computation: {max(runs.values(), default=0)}."
+    f"Disk cache: {len(disk)} entries, limit {disk.size_limit / MB:,.0f} MB. "
+    f"Memory store: {mem.entries} objects, budget {mem.budget / MB:,.0f} MB, peak "
+    f"{mem.peak / MB:,.1f} MB, {mem.hits} hits, {mem.misses} loads, {mem.evictions} evicted, "
+    f"{mem.oversize} too big to hold. Computations: {len(runs)} distinct, most runs of one "
+    f"computation: {max(runs.values(), default=0)}."
 )
 
 st.subheader("In progress")

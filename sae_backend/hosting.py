@@ -106,8 +106,14 @@ class Hosted:
                     )
         return str(real) + (f"#{position}" if position is not None else "")
 
+    def display(self, uri: str) -> str:
+        """How a visitor sees a source: local files by their place in a data folder or as an
+        upload, never by the server's absolute path."""
+        return self.redact(uri)
+
     def redact(self, message: str) -> str:
-        """`message` with secrets and the server's private folders blanked out."""
+        """`message` with secrets blanked out and the server's folders shortened: data folders
+        to their names, uploads to <upload>, the cache to <cache>, the home folder to ~."""
         from .cache import ENV_DIR
 
         out = message
@@ -115,7 +121,8 @@ class Hosted:
             secret = os.environ.get(name, "")
             if len(secret) >= 4:
                 out = out.replace(secret, "***")
-        private = [(self.upload_folder, "<upload>")]
+        private = [(d, d.name) for d in self.data_dirs]  # shown as data/x.pt, not /srv/.../x.pt
+        private.append((self.upload_folder, "<upload>"))
         if os.environ.get(ENV_DIR, "").strip():
             private.append((Path(os.environ[ENV_DIR]).expanduser(), "<cache>"))
         private.append((Path.home(), "~"))

@@ -149,3 +149,11 @@ def test_redact_blanks_secrets_and_private_folders(tmp_path: Path, monkeypatch) 
     out = s.redact(msg)
     assert "<upload>/ab/x.pt" in out and "k" * 40 not in out and "hunter2" not in out
     assert "<cache>/y" in out and str(tmp_path) not in out
+
+
+def test_display_shows_data_paths_relative_and_uploads_redacted(tree, tmp_path) -> None:
+    s = hosted(tree, upload_dir=tmp_path / "up")
+    real = s.check_source("sae")
+    assert s.display(real) == "data/sae"
+    assert s.display(str(tmp_path / "up" / "ab12" / "w.pt")) == "<upload>/ab12/w.pt"
+    assert s.display("hf:o/r:x.pt") == "hf:o/r:x.pt"
