@@ -26,6 +26,7 @@ from .errors import FormatError, InputError, SAEError
 from .formats import LoadOptions, read_sae
 from .formats._io import one_line
 from .sources import Progress
+from .sources._download import PARTIAL_PREFIX
 from .uri import parse_uri
 
 # Exceptions that malformed input can raise from deep inside numpy/torch/yaml/zipfile.
@@ -109,9 +110,9 @@ def _files_identity(path: Path, limit: int = 2000) -> str:
     entries = []
     for root, dirs, files in os.walk(top):
         depth = len(Path(root).relative_to(top).parts)
-        if depth >= (2 if path.is_dir() else 0):
-            dirs.clear()
-        for name in sorted(files):
+        # a download in progress (or one a killed process left) is nothing a reader opens
+        dirs[:] = [] if depth >= (2 if path.is_dir() else 0) else _not_partial(dirs)
+        for name in sorted(_not_partial(files)):
             try:
                 st = os.stat(os.path.join(root, name))
             except OSError:  # a dangling symlink, a file gone since the listing: unreadable anyway
@@ -120,6 +121,10 @@ def _files_identity(path: Path, limit: int = 2000) -> str:
             if len(entries) >= limit:
                 break
     return _digest("\n".join(sorted(entries)) + f"\n{path}")
+
+
+def _not_partial(names: list[str]) -> list[str]:
+    return [n for n in names if not n.startswith(PARTIAL_PREFIX)]
 
 
 def _digest(text: str) -> str:

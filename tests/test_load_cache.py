@@ -50,3 +50,17 @@ def test_failed_load_caches_nothing(tmp_path):
         with pytest.raises(FormatError, match="bad.pt"):
             load(str(bad), cache=store)
     assert store.stats.misses == 2 and store.stats.failures == 2
+
+
+def test_a_download_in_progress_beside_the_files_does_not_change_the_key(tmp_path):
+    """A `.partial-*` folder or file (a download running, or one a killed process left) is
+    never read, so its appearing or vanishing must not force a recompute."""
+    p = planted()
+    folder = write_saelens(tmp_path / "sae", p.decoder, p.encoder)
+    store = ArrayCache(tmp_path / "cache")
+    load(str(folder), cache=store)
+    (folder / ".partial-abc").mkdir()
+    (folder / ".partial-abc" / "sae_weights.safetensors").write_bytes(b"half a file")
+    (folder / ".partial-x.json").write_text("{")
+    load(str(folder), cache=store)
+    assert store.stats.misses == 1 and store.stats.hits == 1
