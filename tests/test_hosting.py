@@ -157,3 +157,13 @@ def test_display_shows_data_paths_relative_and_uploads_redacted(tree, tmp_path) 
     assert s.display(real) == "data/sae"
     assert s.display(str(tmp_path / "up" / "ab12" / "w.pt")) == "<upload>/ab12/w.pt"
     assert s.display("hf:o/r:x.pt") == "hf:o/r:x.pt"
+
+
+def test_uri_errors_quote_a_long_source_briefly() -> None:
+    from sae_backend.errors import URIError
+    from sae_backend.uri import parse_uri
+
+    for uri in ("wandb:" + "x/" * 3000, "hf:" + "a" * 6000, "saelens:" + "?" * 6000):
+        with pytest.raises(URIError) as e:
+            parse_uri(uri)
+        assert len(str(e.value)) < 300 and "…" in str(e.value)
