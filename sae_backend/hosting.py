@@ -45,6 +45,8 @@ class Hosted:
     allowed_emails:   with oidc, who may enter (empty: anyone the provider logs in).
     allowed_hosts:    Host headers the server answers (Streamlit's server.allowedHosts).
     heavy_pairs:      from how many scored pairs work waits for the device lock.
+    max_array_mb:     the largest single array a reader takes (SAE_MAX_ARRAY_BYTES); a
+                      paper-scale decoder is 141 MB.
     """
 
     data_dirs: tuple[Path, ...] = ()
@@ -57,6 +59,7 @@ class Hosted:
     allowed_emails: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     heavy_pairs: int = 10**8
+    max_array_mb: int = 2048
 
     @property
     def upload_folder(self) -> Path:
@@ -172,6 +175,7 @@ def read_settings(path: Path | str) -> Hosted:
             allowed_emails=tuple(str(e).lower() for e in doc.get("allowed_emails", [])),
             allowed_hosts=tuple(str(h) for h in doc.get("allowed_hosts", [])),
             heavy_pairs=int(doc.get("heavy_pairs", 10**8)),
+            max_array_mb=int(doc.get("max_array_mb", 2048)),
         )
     except (TypeError, ValueError) as e:
         raise InputError(f"hosted settings {path}: {e}") from None
@@ -179,7 +183,7 @@ def read_settings(path: Path | str) -> Hosted:
         raise InputError(f"hosted settings {path}: auth must be one of {AUTH_MODES}")
     if not s.remote <= set(REMOTE_SCHEMES):
         raise InputError(f"hosted settings {path}: remote may list only {REMOTE_SCHEMES}")
-    if s.upload_limit_mb < 1 or s.memory_budget_mb < 1 or s.heavy_pairs < 1:
+    if min(s.upload_limit_mb, s.memory_budget_mb, s.heavy_pairs, s.max_array_mb) < 1:
         raise InputError(f"hosted settings {path}: limits must be positive")
     for d in s.data_dirs:
         if not d.is_dir():

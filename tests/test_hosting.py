@@ -167,3 +167,61 @@ def test_uri_errors_quote_a_long_source_briefly() -> None:
         with pytest.raises(URIError) as e:
             parse_uri(uri)
         assert len(str(e.value)) < 300 and "…" in str(e.value)
+
+
+def _serve():
+    """hosted/serve.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "hosted" / "serve.py"
+    spec = importlib.util.spec_from_file_location("serve", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_settings_parse_and_give_server_options(tmp_path, monkeypatch, capsys):
+    example = Path(__file__).resolve().parents[1] / "hosted" / "settings.example.toml"
+    (tmp_path / "hosted").mkdir()
+    (tmp_path / "data").mkdir()
+    copy = tmp_path / "hosted" / "settings.toml"
+    copy.write_text(example.read_text())
+    s = read_settings(copy)
+    assert s.data_dirs == ((tmp_path / "data").resolve(),) and s.auth == "password"
+    serve = _serve()
+    monkeypatch.setattr(serve, "secrets", dict)
+    monkeypatch.setenv("SAE_PASSWORD", "pw-for-the-test")
+    assert serve.main([str(copy), "--print", "--port", "9999"]) == 0
+    cmd = capsys.readouterr().out
+    for flag in (
+        "--server.headless=true",
+        "--server.enableXsrfProtection=true",
+        "--browser.gatherUsageStats=false",
+        "--client.showErrorDetails=none",
+        "--server.maxUploadSize=512",
+        "--server.port=9999",
+        "--server.address=0.0.0.0",
+    ):
+        assert flag in cmd
+    assert "pw-for-the-test" not in cmd
+
+
+def test_serve_refuses_to_start_without_what_the_login_needs(tmp_path, monkeypatch, capsys):
+    serve = _serve()
+    monkeypatch.setattr(serve, "secrets", dict)
+    monkeypatch.delenv("SAE_PASSWORD", raising=False)
+    f = tmp_path / "h.toml"
+    for text, needle in (
+        ('auth = "password"\n', "needs SAE_PASSWORD"),
+        ('auth = "oidc"\n', "needs an [auth] section"),
+        ('auth = "nope"\n', "auth must be one of"),
+    ):
+        f.write_text(text)
+        assert serve.main([str(f), "--print"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1
+    f.write_text('auth = "proxy"\nallowed_hosts = ["sae.example.org"]\n')
+    assert serve.main([str(f), "--print"]) == 0
+    out = capsys.readouterr().out
+    assert "--server.address=127.0.0.1" in out  # behind a proxy: loopback only
+    assert "--server.allowedHosts=sae.example.org" in out
