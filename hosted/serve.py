@@ -59,8 +59,18 @@ def check_auth(s: Hosted) -> str | None:
     found = secrets()
     if s.auth == "password" and not (found.get(PASSWORD_SECRET) or os.environ.get(PASSWORD_SECRET)):
         return f"auth = 'password' needs {PASSWORD_SECRET} in .streamlit/secrets.toml or the environment"
-    if s.auth == "oidc" and "auth" not in found:
-        return "auth = 'oidc' needs an [auth] section in .streamlit/secrets.toml (st.login)"
+    if s.auth == "oidc":
+        auth = found.get("auth")
+        missing = [
+            k
+            for k in ("redirect_uri", "cookie_secret")
+            if not isinstance(auth, dict) or k not in auth
+        ]
+        if missing:
+            return (
+                "auth = 'oidc' needs an [auth] section in .streamlit/secrets.toml (st.login) "
+                f"with {' and '.join(missing)}"
+            )
     return None
 
 

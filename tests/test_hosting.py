@@ -220,6 +220,10 @@ def test_serve_refuses_to_start_without_what_the_login_needs(tmp_path, monkeypat
         assert serve.main([str(f), "--print"]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1
+    monkeypatch.setattr(serve, "secrets", lambda: {"auth": {"redirect_uri": "https://x/cb"}})
+    f.write_text('auth = "oidc"\n')
+    assert serve.main([str(f), "--print"]) == 2
+    assert "with cookie_secret" in capsys.readouterr().err
     f.write_text('auth = "proxy"\nallowed_hosts = ["sae.example.org"]\n')
     assert serve.main([str(f), "--print"]) == 0
     out = capsys.readouterr().out
