@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 import dashboard_state as ds
-from sae_backend.activity import ACTIVITY
+from sae_backend.activity import ACTIVITY, devices_busy
 from sae_backend.cache import default_cache
 
 ds.page("Status")
@@ -52,6 +52,12 @@ st.caption(
 )
 
 st.subheader("In progress")
+busy = devices_busy()
+if busy:
+    st.caption(
+        "Heavy-work lock per device (shared with other processes, e.g. a `precompute` run): "
+        + ", ".join(f"{dev} {'busy' if held else 'free'}" for dev, held in busy.items())
+    )
 if snap.tasks:
     st.dataframe(
         pd.DataFrame(

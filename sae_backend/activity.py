@@ -128,6 +128,26 @@ def exclusive(device: str, label: str, pairs: int) -> Iterator[None]:
         lock.release()
 
 
+def devices_busy() -> dict[str, bool]:
+    """{device: whether its heavy-work lock is held now, by any process} for every device
+    that has a lock file: how the Status page sees a `precompute` running beside the server."""
+    from .cache import default_directory
+
+    out = {}
+    for path in sorted((default_directory() / "locks").glob("heavy-*.lock")):
+        device = path.name[len("heavy-") : -len(".lock")]
+        fd = _open_lock_file(device)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            out[device] = False
+        except BlockingIOError:
+            out[device] = True
+        finally:
+            os.close(fd)
+    return out
+
+
 def _open_lock_file(device: str) -> int:
     from .cache import default_directory, make_private_dir
 

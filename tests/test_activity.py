@@ -110,3 +110,31 @@ def test_cache_misses_are_counted_per_key(tmp_path) -> None:
         cache.get_or_compute("unit/abc", lambda: ({"x": np.arange(3)}, {}))
     runs = ACTIVITY.snapshot().runs
     assert runs[("unit", "unit/abc")] - before.get(("unit", "unit/abc"), 0) == 1
+
+
+LOCK_HOLDER = """
+import sys, time
+from sae_backend.activity import exclusive
+with exclusive("other-dev", "holder", 10):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_lock_held_by_another_process_shows_as_busy(monkeypatch) -> None:
+    from sae_backend.activity import devices_busy
+
+    monkeypatch.setenv("SAE_HEAVY_PAIRS", "1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert devices_busy()["other-dev"] is True
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(30)
+        assert devices_busy()["other-dev"] is False
+    finally:
+        proc.kill()
