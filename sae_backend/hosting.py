@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .uri import parse_uri
+from .uri import parse_uri, quote_source
 
 ENV_SETTINGS = "SAE_HOSTED"  # path of the hosted settings TOML; unset: local mode
 AUTH_MODES = ("password", "oidc", "proxy", "none")
@@ -90,7 +90,8 @@ class Hosted:
         if not self.data_dirs:
             raise InputError("this server loads no local files; use an upload or a remote URI")
         raw = text.split("#", 1)[0] if position is not None else text
-        path = Path(raw).expanduser()
+        shown = quote_source(raw)  # control characters escaped, long input cut
+        path = Path(raw)  # no ~ expansion: a visitor has no home folder on this server
         if not path.is_absolute():
             path = self.data_dirs[0] / path
         roots = [d.resolve() for d in self.data_dirs]
@@ -98,14 +99,14 @@ class Hosted:
         try:
             real = path.resolve(strict=True)
         except (OSError, RuntimeError):  # missing, or a symlink loop
-            raise InputError(f"{raw}: no such file or folder under the data folders") from None
+            raise InputError(f"{shown}: no such file or folder under the data folders") from None
         if not _inside(real, roots):
-            raise InputError(f"{raw}: outside the data folders this server shares ({where})")
+            raise InputError(f"{shown}: outside the data folders this server shares ({where})")
         if real.is_dir():
             for inner in _files_below(real, levels=3):
                 if not _inside(inner.resolve(), roots):
                     raise InputError(
-                        f"{raw}: {inner.name} links outside the data folders ({where})"
+                        f"{shown}: {quote_source(inner.name)} links outside the data folders ({where})"
                     )
         return str(real) + (f"#{position}" if position is not None else "")
 

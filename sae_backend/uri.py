@@ -61,18 +61,22 @@ def parse_uri(uri: str) -> SourceRef:
         body, _, position = uri.rpartition("#")
         if not position:
             raise URIError(
-                f"{_shown(uri)}: nothing after '#': write SRC#POSITION, e.g. #blocks.6.hook_resid_pre"
+                f"{quote_source(uri)}: nothing after '#': write SRC#POSITION, e.g. #blocks.6.hook_resid_pre"
             )
     m = _SCHEME.match(body)
     scheme = m.group(1) if m and len(m.group(1)) > 1 else None  # 'C:' is a drive, not a scheme
     if scheme is None or scheme == "file":
         path = body[len("file:") :] if scheme == "file" else body
-        return SourceRef("local", (str(Path(path).expanduser()),), position)
+        try:
+            local = Path(path).expanduser()
+        except RuntimeError:  # "~name" for a user that does not exist
+            raise URIError(f"{quote_source(uri)}: no such home folder") from None
+        return SourceRef("local", (str(local),), position)
     rest = m.group(2)
     parser = _PARSERS.get(scheme)
     if parser is None:
         raise URIError(
-            f"unknown source scheme {scheme!r} in {_shown(uri)}: use a local path, wandb:, hf: or saelens:"
+            f"unknown source scheme {scheme!r} in {quote_source(uri)}: use a local path, wandb:, hf: or saelens:"
         )
     return SourceRef(scheme, parser(rest, uri), position)
 
@@ -81,7 +85,7 @@ def _parse_wandb(rest: str, uri: str) -> tuple[str, ...]:
     parts = rest.strip("/").split("/")
     if len(parts) != 3 or not all(_NAME.match(p) for p in parts):
         raise URIError(
-            f"{_shown(uri)}: expected wandb:ENTITY/PROJECT/RUN_ID, e.g. wandb:sparsify/gpt2/tvj2owza"
+            f"{quote_source(uri)}: expected wandb:ENTITY/PROJECT/RUN_ID, e.g. wandb:sparsify/gpt2/tvj2owza"
         )
     return tuple(parts)
 
@@ -91,17 +95,21 @@ def _parse_hf(rest: str, uri: str) -> tuple[str, ...]:
     if "@" in rest:
         rest, _, revision = rest.rpartition("@")
         if not revision:
-            raise URIError(f"{_shown(uri)}: nothing after '@': write hf:REPO_ID[:PATH]@REVISION")
+            raise URIError(
+                f"{quote_source(uri)}: nothing after '@': write hf:REPO_ID[:PATH]@REVISION"
+            )
     repo, _, path = rest.partition(":")
     owner_name = repo.split("/")
     if len(owner_name) != 2 or not all(_NAME.match(p) for p in owner_name):
         raise URIError(
-            f"{_shown(uri)}: expected hf:OWNER/REPO[:PATH_IN_REPO][@REVISION], "
+            f"{quote_source(uri)}: expected hf:OWNER/REPO[:PATH_IN_REPO][@REVISION], "
             "e.g. hf:apollo-research/e2e-saes-gpt2:e2e_similar_ce_layer_6.pt"
         )
     path = path.strip("/")
     if any(seg in ("", ".", "..") for seg in path.split("/")) and path:
-        raise URIError(f"{_shown(uri)}: the path in the repo must not contain empty, '.' or '..' parts")
+        raise URIError(
+            f"{quote_source(uri)}: the path in the repo must not contain empty, '.' or '..' parts"
+        )
     return (repo, path, revision)
 
 
@@ -109,13 +117,13 @@ def _parse_saelens(rest: str, uri: str) -> tuple[str, ...]:
     release, _, sae_id = rest.partition("/")
     if not release or not sae_id or not _NAME.match(release):
         raise URIError(
-            f"{_shown(uri)}: expected saelens:RELEASE/SAE_ID, "
+            f"{quote_source(uri)}: expected saelens:RELEASE/SAE_ID, "
             "e.g. saelens:gpt2-small-res_sce-ajt/blocks.6.hook_resid_pre"
         )
     return (release, sae_id)
 
 
-def _shown(uri: str, limit: int = 120) -> str:
+def quote_source(uri: str, limit: int = 120) -> str:
     """The source as quoted in a message: repr, cut to `limit` characters (errors stay one
     short line even for a pasted megabyte)."""
     text = repr(uri)

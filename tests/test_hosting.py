@@ -229,3 +229,44 @@ def test_serve_refuses_to_start_without_what_the_login_needs(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "--server.address=127.0.0.1" in out  # behind a proxy: loopback only
     assert "--server.allowedHosts=sae.example.org" in out
+
+
+_PIECES = ["..", ".", "/", "~", "data", "sae", "secret", "w.pt", "#", "%2e", "\\", "link",
+           "wandb:", "hf:", "saelens:", "file://", "//", " ", "\x00", "é"]  # fmt: skip
+
+
+def test_any_string_is_either_allowed_inside_the_data_folder_or_refused_in_one_line(tree):
+    """Fuzz the source rules: whatever a visitor types, the answer is a path that really is
+    inside the data folder, a remote URI the settings allow, or one SAEError line."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sae_backend.errors import SAEError
+
+    (tree["data"] / "link").symlink_to(tree["secret"])
+    s = hosted(tree, remote=frozenset({"hf"}))
+    root = tree["data"].resolve()
+
+    @settings(max_examples=400, deadline=None, derandomize=True, database=None)
+    @given(st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=8)), max_size=8))
+    def check(pieces):
+        uri = "".join(pieces)
+        try:
+            out = s.check_source(uri)
+        except SAEError as e:
+            assert "\n" not in str(e) and len(str(e)) < 600
+            return
+        if out.startswith("hf:"):
+            return
+        path = Path(out.split("#", 1)[0]).resolve()
+        assert path == root or path.is_relative_to(root), (uri, out)
+
+    check()
+
+
+def test_a_home_folder_of_no_user_is_one_uri_error() -> None:
+    from sae_backend.errors import URIError
+    from sae_backend.uri import parse_uri
+
+    with pytest.raises(URIError, match="no such home folder"):
+        parse_uri("~no-such-user-here/sae.pt")
