@@ -70,6 +70,7 @@ def hosted(tmp_path_factory):
         f'data_dirs = ["{data}"]\nremote = ["hf"]\nauth = "password"\n'
         f"memory_budget_mb = {BUDGET_MB}\nupload_limit_mb = 16\nheavy_pairs = 1\n"
         'allowed_hosts = ["127.0.0.1"]\n'
+        "max_array_mb = 16384\n"  # above the bombs' 4 GiB: their ratio check must catch them
     )
     port = free_port()
     cmd = [sys.executable, "hosted/serve.py", str(settings), "--port", str(port),
