@@ -74,6 +74,7 @@ def test_page_opens_without_exception(server, page, name):
         "similarity": "Similarity",
         "neighbours": "Neighbours",
         "umap": "UMAP",
+        "status": "Server status",
     }
     assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == titles[name]
 
