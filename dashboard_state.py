@@ -303,6 +303,32 @@ def add(
     return d
 
 
+def share_query(name: str) -> dict[str, str]:
+    """Query parameters that let another session (a collaborator's) open `name` as well: its
+    source, as `shown_uri` writes it, unless it is the bundled demo every session has."""
+    entry = entries()[name]
+    if is_demo(entry["uri"]):
+        return {}
+    src = shown_uri(entry["uri"])
+    if entry["options"].get("position") and "#" not in src:
+        src += "#" + entry["options"]["position"]
+    extra = {k: v for k, v in entry["options"].items() if k in ("orientation", "key")}
+    return {"src": src, **extra}
+
+
+def adopt_from_url() -> None:
+    """Load the dictionary a shared link names (`?dict=NAME&src=URI`) if this session lacks
+    it; on a hosted instance the source passes the server's rules like any typed one."""
+    name, src = st.query_params.get("dict"), st.query_params.get("src")
+    if not name or not src or name in entries():
+        return
+    options = {k: st.query_params[k] for k in ("orientation", "key") if st.query_params.get(k)}
+    try:
+        add(name, src, options)
+    except SAEError as e:
+        show_error(e, f"The link's {name}")
+
+
 def rename(old: str, new: str) -> None:
     new = new.strip()
     if new == old:

@@ -1,7 +1,9 @@
 """Neighbours: one feature and its nearest features in every loaded dictionary.
 
-The URL is the state: `/Neighbours?dict=NAME&feature=INDEX`. Every control and every click
-on a neighbour rewrites those two query parameters, so the address bar can always be shared.
+The URL is the state: `/Neighbours?dict=NAME&feature=INDEX`, plus `&src=SOURCE` for a
+dictionary that is not the bundled demo. Every control and every click on a neighbour rewrites
+them, so the address bar can always be shared: a session that lacks the dictionary (a
+collaborator's) loads it from `src` first.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from sae_backend.neuronpedia import feature_url
 
 ds.page("Neighbours")
 st.title("Neighbours")
+ds.adopt_from_url()
 dicts = ds.dictionaries_or_stop()
 names = list(dicts)
 
 
 def go(dict_name: str, feature: int) -> None:
     """Make (dict_name, feature) the current feature: the URL is the single source of truth."""
-    st.query_params.from_dict({"dict": dict_name, "feature": str(int(feature))})
+    query = {"dict": dict_name, "feature": str(int(feature)), **ds.share_query(dict_name)}
+    st.query_params.from_dict(query)
 
 
 def first_alive(name: str) -> int:
@@ -79,6 +83,8 @@ except SAEError as e:
     bad_feature, feature = e, first_alive(name)
 st.session_state["nb_dict"] = name
 st.session_state["nb_feature"] = feature
+if bad_feature is None and name == st.query_params.get("dict", name):
+    go(name, feature)  # the address bar always holds a link others can open
 
 c1, c2, c3, c4, c5 = st.columns([2, 2, 1, 1, 1], vertical_alignment="bottom")
 c1.selectbox("Dictionary", names, key="nb_dict", on_change=on_dict)

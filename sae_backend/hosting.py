@@ -27,6 +27,7 @@ ENV_SETTINGS = "SAE_HOSTED"  # path of the hosted settings TOML; unset: local mo
 AUTH_MODES = ("password", "oidc", "proxy", "none")
 REMOTE_SCHEMES = ("wandb", "hf", "saelens")
 PASSWORD_SECRET = "SAE_PASSWORD"  # Streamlit secret or environment variable (auth = "password")
+UPLOAD_MARK = "<upload>"  # how messages and shared links name the upload folder
 _FOLDER_FILES_LIMIT = 2000  # files checked inside a folder source (two levels deep)
 
 
@@ -87,15 +88,20 @@ class Hosted:
         return self._check_local(text, ref.position)
 
     def _check_local(self, text: str, position: str | None) -> str:
-        if not self.data_dirs:
-            raise InputError("this server loads no local files; use an upload or a remote URI")
         raw = text.split("#", 1)[0] if position is not None else text
         shown = quote_source(raw)  # control characters escaped, long input cut
         path = Path(raw)  # no ~ expansion: a visitor has no home folder on this server
-        if not path.is_absolute():
-            path = self.data_dirs[0] / path
-        roots = [d.resolve() for d in self.data_dirs]
-        where = ", ".join(str(d) for d in self.data_dirs)
+        folders = self.data_dirs
+        if path.parts[:1] == (UPLOAD_MARK,):  # a shared link to an upload (see `display`)
+            folders = (self.upload_folder,)
+            path = self.upload_folder.joinpath(*path.parts[1:])
+        elif not folders:
+            raise InputError("this server loads no local files; use an upload or a remote URI")
+        elif not path.is_absolute():  # "data/x" as `display` shows it, else under the first
+            named = [d for d in folders if path.parts[:1] == (d.name,)]
+            path = named[0].parent / path if named else folders[0] / path
+        roots = [d.resolve() for d in folders]
+        where = ", ".join(str(d) for d in folders)
         try:
             real = path.resolve(strict=True)
         except (OSError, RuntimeError):  # missing, or a symlink loop
@@ -112,7 +118,7 @@ class Hosted:
 
     def display(self, uri: str) -> str:
         """How a visitor sees a source: local files by their place in a data folder or as an
-        upload, never by the server's absolute path."""
+        upload, never by the server's absolute path; `check_source` takes it back."""
         return self.redact(uri)
 
     def redact(self, message: str) -> str:
@@ -126,7 +132,7 @@ class Hosted:
             if len(secret) >= 4:
                 out = out.replace(secret, "***")
         private = [(d, d.name) for d in self.data_dirs]  # shown as data/x.pt, not /srv/.../x.pt
-        private.append((self.upload_folder, "<upload>"))
+        private.append((self.upload_folder, UPLOAD_MARK))
         if os.environ.get(ENV_DIR, "").strip():
             private.append((Path(os.environ[ENV_DIR]).expanduser(), "<cache>"))
         private.append((Path.home(), "~"))

@@ -370,3 +370,18 @@ def test_wandb_key_from_streamlit_secrets_loads_and_is_never_shown(fake_wandb):
     shown = [str(getattr(node, "proto", "")) for node in at._tree]  # every element sent
     assert shown and not any(WANDB_KEY in text for text in shown)
     assert all(WANDB_KEY not in str(v) for v in table.to_numpy().ravel())
+
+
+def test_a_neighbours_link_with_src_loads_a_dictionary_the_session_lacks(tmp_path):
+    rng = np.random.default_rng(9)
+    dec = rng.standard_normal((30, 64))
+    folder = write_saelens(tmp_path / "shared_sae", dec, None)
+    at = app("pages/2_Neighbours.py", dict="theirs", src=str(folder), feature="4")
+    ok(at)
+    assert "theirs · feature 4" in [h.value for h in at.subheader]
+    unit = unit_rows(dec)[0]
+    s = unit @ unit.T
+    np.fill_diagonal(s, -np.inf)
+    table = at.dataframe[0].value
+    assert int(table["feature"].iloc[0]) == int(np.argmax(s[4]))
+    assert at.query_params["src"] == str(folder)  # the link stays shareable

@@ -24,10 +24,10 @@ TIMEOUT = 60
 def server(tmp_path, monkeypatch):
     """Settings of a hosted instance sharing data/ (one SAELens folder, one link out of it)."""
     rng = np.random.default_rng(3)
-    dec = rng.standard_normal((40, 16))
+    dec = rng.standard_normal((40, 64))  # d_model of the toy demo: pages compare them
     dec[:8] = dec[8:16] * 2.0  # planted scaled duplicates
     data, secret = tmp_path / "data", tmp_path / "secret"
-    write_saelens(data / "good", dec, rng.standard_normal((40, 16)))
+    write_saelens(data / "good", dec, rng.standard_normal((40, 64)))
     write_saelens(secret / "private", dec, None)
     (data / "escape").symlink_to(secret / "private")
     settings = tmp_path / "hosted.toml"
@@ -173,3 +173,38 @@ def test_status_page_reports_memory_within_the_budget(server):
     held = float(metrics["Held in memory"].split()[0])
     assert 0 < held <= 64
     assert int(metrics["Computations run"]) >= 3  # the toy demo's within-dictionary comparisons
+
+
+def neighbours_link(**query: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages/2_Neighbours.py"), default_timeout=TIMEOUT)
+    at.secrets["SAE_PASSWORD"] = PASSWORD
+    for key, value in query.items():
+        at.query_params[key] = value
+    return log_in(at.run())
+
+
+def test_a_shared_neighbours_link_loads_the_dictionary_in_a_new_session(server):
+    at = add(log_in(app()), "good", "mine")
+    at.switch_page("pages/2_Neighbours.py")
+    at.query_params["dict"] = "mine"
+    at.run()
+    assert errors(at) == []
+    # what this session's address bar holds: the display form, no server path
+    assert at.query_params["src"] == "data/good" and at.query_params["dict"] == "mine"
+    # a collaborator opens the link (with another feature) in a fresh session
+    fresh = neighbours_link(dict="mine", src="data/good", feature="12")
+    assert errors(fresh) == []
+    assert "mine · feature 12" in [h.value for h in fresh.subheader]
+    unit = unit_rows(server["dec"])[0]
+    s = unit @ unit.T
+    np.fill_diagonal(s, -np.inf)
+    table = fresh.dataframe[0].value
+    assert int(table["feature"].iloc[0]) == int(np.argmax(s[12]))
+    assert float(table["cosine"].iloc[0]) == pytest.approx(s[12].max(), abs=1e-5)
+
+
+def test_a_link_to_a_source_outside_the_rules_loads_nothing(server):
+    at = neighbours_link(dict="x", src=str(server["secret"] / "private"), feature="0")
+    errs = errors(at)
+    assert "outside the data folders" in errs[0] and "No dictionary named 'x'" in errs[1], errs
+    assert "x" not in at.session_state["sae_dicts"]

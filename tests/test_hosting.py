@@ -270,3 +270,23 @@ def test_a_home_folder_of_no_user_is_one_uri_error() -> None:
 
     with pytest.raises(URIError, match="no such home folder"):
         parse_uri("~no-such-user-here/sae.pt")
+
+
+def test_what_display_shows_is_accepted_back(tree, tmp_path) -> None:
+    """Shared links carry the displayed form: data/x and <upload>/hash/x load again."""
+    uploads = tmp_path / "up"
+    (uploads / "ab12").mkdir(parents=True)
+    (uploads / "ab12" / "w.pt").write_bytes(b"x")
+    s = hosted(tree, upload_dir=uploads)
+    for uri in ("sae", "w.pt#blocks.3", str(uploads / "ab12" / "w.pt")):
+        real = s.check_source(uri) if not uri.startswith(str(uploads)) else uri
+        shown = s.display(real)
+        assert str(tmp_path) not in shown
+        assert s.check_source(shown) == str(Path(real.split("#")[0]).resolve()) + (
+            "#blocks.3" if "#" in uri else ""
+        )
+    with pytest.raises(InputError, match="outside"):
+        s.check_source("<upload>/../secret/key.pt")
+    (uploads / "out").symlink_to(tree["secret"])
+    with pytest.raises(InputError, match="outside"):
+        s.check_source("<upload>/out/key.pt")
