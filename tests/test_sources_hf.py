@@ -271,6 +271,21 @@ def test_file_with_same_stem_yaml(hub):
     assert sorted(hub.downloads()) == ["e2e_similar_ce_layer_6.pt", "e2e_similar_ce_layer_6.yaml"]
 
 
+def test_stale_incomplete_blobs_of_killed_downloads_are_removed(hub, hf_env, tmp_path):
+    """huggingface_hub leaves a killed download's `*.incomplete` blob forever; a day-old one
+    is deleted on the next resolve of that repo, a fresh one (maybe in progress) stays."""
+    blobs = tmp_path / "hf" / "hub" / f"models--{APOLLO.replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    old, fresh = blobs / "aaa.1.incomplete", blobs / "bbb.2.incomplete"
+    for f in (old, fresh):
+        f.write_bytes(b"x" * 1000)
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (day_ago, day_ago))
+    r = resolve(parse_uri(f"hf:{APOLLO}:e2e_similar_ce_layer_6.pt"))
+    assert r.path.is_file()
+    assert not old.exists() and fresh.exists()
+
+
 def test_file_without_yaml(hub):
     r = resolve(parse_uri(f"hf:{APOLLO}:no_config_layer_2.pt"))
     assert r.path.read_bytes() == hub.repos[APOLLO]["main"][1]["no_config_layer_2.pt"]

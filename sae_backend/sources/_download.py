@@ -59,12 +59,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
-def remove_stale_partials(folder: Path, max_age_s: float = _STALE_PARTIAL_S) -> None:
-    """Delete temporary download folders/files left by processes that were killed mid-download."""
+def remove_stale_partials(
+    folder: Path, max_age_s: float = _STALE_PARTIAL_S, pattern: str = PARTIAL_PREFIX + "*"
+) -> None:
+    """Delete temporary download folders/files (`pattern`) older than `max_age_s` in `folder`:
+    what processes killed mid-download left behind."""
     if not folder.is_dir():
         return
     now = time.time()
-    for entry in folder.glob(PARTIAL_PREFIX + "*"):
+    for entry in folder.glob(pattern):
         try:
             if now - entry.stat().st_mtime > max_age_s:
                 if entry.is_dir():

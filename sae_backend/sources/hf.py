@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import SourceError
 from ..uri import SourceRef
 from . import Progress, Resolved
+from ._download import remove_stale_partials
 
 # Suffixes that make PATH a single file rather than a folder.
 FILE_SUFFIXES = (".pt", ".pth", ".safetensors", ".npz", ".npy", ".ckpt", ".bin")
@@ -49,6 +50,7 @@ def resolve(ref: SourceRef, progress: Progress | None = None) -> Resolved:
     """Download (or find in the hub cache) the files of `ref`; return the local file or folder."""
     repo, path, revision = ref.parts
     hub = _import_hub()
+    _remove_stale_incomplete(hub, repo)
     if path.endswith(FILE_SUFFIXES):
         local = _fetch(hub, ref, path, progress, required=True)
         stem = posixpath.splitext(path)[0]
@@ -61,6 +63,16 @@ def resolve(ref: SourceRef, progress: Progress | None = None) -> Resolved:
     if m:
         meta["hf_commit"] = m.group(1)
     return Resolved(path=local, position=ref.position, meta=meta)
+
+
+def _remove_stale_incomplete(hub: Any, repo: str) -> None:
+    """Delete this repo's `*.incomplete` blobs older than a day from the hub cache: what
+    downloads of killed processes leave (huggingface_hub never resumes or removes them), which
+    would otherwise pile up on a server. A download in progress is younger and stays."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    blobs = Path(hub.constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    remove_stale_partials(blobs / "blobs", pattern="*.incomplete")
 
 
 def _fetch_folder(hub: Any, ref: SourceRef, progress: Progress | None) -> Path:
