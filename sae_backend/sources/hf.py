@@ -71,8 +71,8 @@ def _remove_stale_incomplete(hub: Any, repo: str) -> None:
     would otherwise pile up on a server. A download in progress is younger and stays."""
     from huggingface_hub.file_download import repo_folder_name
 
-    blobs = Path(hub.constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
-    remove_stale_partials(blobs / "blobs", pattern="*.incomplete")
+    repo_cache = Path(hub.constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    remove_stale_partials(repo_cache / "blobs", pattern="*.incomplete")
 
 
 def _fetch_folder(hub: Any, ref: SourceRef, progress: Progress | None) -> Path:
