@@ -47,7 +47,20 @@ n_points = sum(ds.n_included(d) for d in selected_dicts)
 # (clicks and selections rerun the page, and the button is False on every rerun after a press).
 wanted = (tuple(chosen), directions, int(n_neighbors), float(min_dist), int(seed))
 approved = st.session_state.setdefault("umap_approved", set())
-if n_points > ds.UMAP_AUTO_LIMIT and wanted not in approved:
+
+
+def cached() -> bool:
+    """Whether this embedding is on disk already (e.g. from `precompute`): then no button."""
+    try:
+        return umap_embedding(
+            selected_dicts, directions=directions, n_neighbors=int(n_neighbors),
+            min_dist=float(min_dist), seed=int(seed), only_cached=True,
+        ) is not None  # fmt: skip
+    except SAEError:
+        return False  # the computation below shows the error
+
+
+if n_points > ds.UMAP_AUTO_LIMIT and wanted not in approved and not cached():
     if not st.button(f"Compute the embedding of {n_points:,} points"):
         st.info(f"{n_points:,} points: computing takes a while (once; then it is cached).")
         st.stop()

@@ -130,7 +130,8 @@ def umap_embedding(
     device: str = "auto",
     cache: ArrayCache | bool | None = True,
     progress: Progress | None = None,
-) -> Embedding:
+    only_cached: bool = False,
+) -> Embedding | None:
     """One UMAP (cosine metric) of the included features of all `dicts`, computed once.
 
     n_neighbors: 2..min(N - 1, MAX_NEIGHBORS), N the number of points; min_dist in [0, 1];
@@ -139,6 +140,8 @@ def umap_embedding(
     cache: True uses the default disk cache, False none, or a given ArrayCache.
     progress(done, total): total = N + n_epochs; kNN rows first, then optimisation epochs,
     and a last call (total, total) when the embedding is ready (also on a cache hit).
+    only_cached: return the cached embedding or None, never compute (a page can then show a
+    precomputed embedding at once and ask before a long computation).
     Raises InputError for mismatched d_model, a missing encoder or parameters out of range.
     """
     x, dict_index, feature = stack(dicts, directions)
@@ -179,10 +182,15 @@ def umap_embedding(
         return {"xy": xy, "dict_index": dict_index, "feature": feature}, {"params": params}
 
     store = resolve_cache(cache)
-    if store is None:
+    key = make_key("umap", *(d.fingerprint for d in dicts), knn="exact", **params)
+    if only_cached:
+        hit = store.get(key) if store is not None else None
+        if hit is None:
+            return None
+        arrays = hit[0]
+    elif store is None:
         arrays, _ = compute()
     else:
-        key = make_key("umap", *(d.fingerprint for d in dicts), knn="exact", **params)
         arrays, _ = store.get_or_compute(key, compute)
     if progress is not None:
         progress(total, total)

@@ -385,3 +385,20 @@ def test_a_neighbours_link_with_src_loads_a_dictionary_the_session_lacks(tmp_pat
     table = at.dataframe[0].value
     assert int(table["feature"].iloc[0]) == int(np.argmax(s[4]))
     assert at.query_params["src"] == str(folder)  # the link stays shareable
+
+
+def test_umap_above_the_limit_shows_a_precomputed_embedding_without_asking(monkeypatch):
+    """After `precompute` (here: the same call it makes), a new session sees the embedding at
+    once, without the button that guards long computations."""
+    monkeypatch.setattr(dashboard_state, "UMAP_AUTO_LIMIT", 1000)
+    demo = demo_sources()
+    emb = umap_embedding([load(demo["toy-a"]), load(demo["toy-b"])])
+    at = app("app.py").switch_page("pages/3_UMAP.py").run()
+    ok(at)
+    assert not [b for b in at.button if b.label.startswith("Compute the embedding")]
+    assert at.get("plotly_chart") and not [i for i in at.info if "points:" in i.value]
+    # the page shows that embedding: a click on one point names its feature
+    at = select_points(at, "umap", [(1, 7)])
+    ok(at)
+    toy_b = np.flatnonzero(emb.dict_index == 1)
+    assert at.subheader[0].value == f"toy-b · feature {int(emb.feature[toy_b[7]])}"

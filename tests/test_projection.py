@@ -165,6 +165,21 @@ def test_cache_hit_on_second_call(planted, tmp_path, monkeypatch):
         umap_embedding(planted["dicts"][::-1], n_neighbors=5, n_epochs=30, cache=store)
 
 
+def test_only_cached_never_computes(planted, tmp_path, monkeypatch):
+    store = ArrayCache(tmp_path / "c")
+    kw = dict(n_neighbors=5, n_epochs=30, cache=store)
+    assert umap_embedding(planted["dicts"], only_cached=True, **kw) is None
+    assert store.stats.misses == 0 and len(store) == 0  # nothing computed, nothing stored
+    first = umap_embedding(planted["dicts"], **kw)
+    monkeypatch.setattr(projection, "_fit", lambda *_a, **_k: pytest.fail("recomputed"))
+    again = umap_embedding(planted["dicts"], only_cached=True, **kw)
+    np.testing.assert_array_equal(again.xy, first.xy)
+    np.testing.assert_array_equal(again.feature, first.feature)
+    assert umap_embedding(planted["dicts"], only_cached=True, seed=9, **kw) is None
+    kw["cache"] = False
+    assert umap_embedding(planted["dicts"], only_cached=True, **kw) is None
+
+
 def test_progress_runs_through_knn_and_epochs(planted):
     calls = []
     emb = umap_embedding(planted["dicts"], directions="decoder", n_neighbors=5, n_epochs=40,
