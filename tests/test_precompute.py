@@ -167,7 +167,14 @@ def test_the_pages_call_what_precompute_fills():
         "compare": {"directions", "k"},  # compare_named's k defaults to 1; no page passes k
         "match": {"directions"},
         "random_null": set(),
-        "umap_embedding": {"directions", "n_neighbors", "min_dist", "seed", "progress"},
+        "umap_embedding": {
+            "directions",
+            "n_neighbors",
+            "min_dist",
+            "seed",
+            "progress",
+            "only_cached",
+        },
     }
     files = [ROOT / "dashboard_state.py", ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
     found = set()
