@@ -381,6 +381,7 @@ def save_upload(files: list[Any]) -> str:
             partial = target.with_name(f".partial-{target.name}")
             partial.write_bytes(f.getvalue())
             partial.replace(target)
+    os.utime(folder)  # used now: the age that `_remove_old_uploads` goes by starts again
     return str(folder if len(files) > 1 else folder / Path(files[0].name).name)
 
 

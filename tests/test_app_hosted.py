@@ -4,6 +4,8 @@ real server under load)."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +210,19 @@ def test_a_link_to_a_source_outside_the_rules_loads_nothing(server):
     errs = errors(at)
     assert "outside the data folders" in errs[0] and "No dictionary named 'x'" in errs[1], errs
     assert "x" not in at.session_state["sae_dicts"]
+
+
+def test_day_old_uploads_are_removed_and_a_reupload_keeps_its_folder(server):
+    from types import SimpleNamespace
+
+    f = SimpleNamespace(name="w.pt", getvalue=lambda: b"weights")
+    folder = Path(dashboard_state.save_upload([f])).parent
+    assert folder.parent == server["root"] / "uploads"
+    stale = folder.parent / "0123456789abcdef"
+    stale.mkdir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for old in (folder, stale):
+        os.utime(old, (two_days_ago, two_days_ago))
+    again = Path(dashboard_state.save_upload([f]))
+    assert again.read_bytes() == b"weights" and again.parent == folder  # used again: kept
+    assert not stale.exists()
