@@ -480,12 +480,16 @@ def resolve_cache(cache: ArrayCache | bool | None) -> ArrayCache | None:
     return cache
 
 
+def base_directory() -> Path:
+    """`$SAE_CACHE_DIR`, else `~/.cache` (read at each call): every folder this project
+    writes (the array cache, downloads, a server's uploads) is a subfolder of it."""
+    root = os.environ.get(ENV_DIR, "").strip()
+    return Path(root).expanduser() if root else Path.home() / ".cache"
+
+
 def default_directory() -> Path:
     """`$SAE_CACHE_DIR/sae_geometry`, else `~/.cache/sae_geometry` (read at each call)."""
-    root = os.environ.get(ENV_DIR, "").strip()
-    if root:
-        return Path(root).expanduser() / SUBFOLDER
-    return Path.home() / ".cache" / SUBFOLDER
+    return base_directory() / SUBFOLDER
 
 
 def _default_size_limit() -> int:

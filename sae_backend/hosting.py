@@ -64,12 +64,9 @@ class Hosted:
 
     @property
     def upload_folder(self) -> Path:
-        if self.upload_dir is not None:
-            return self.upload_dir
-        from .cache import ENV_DIR
+        from .cache import base_directory
 
-        base = os.environ.get(ENV_DIR, "").strip()
-        return (Path(base).expanduser() if base else Path.home() / ".cache") / "sae_uploads"
+        return self.upload_dir if self.upload_dir is not None else base_directory() / "sae_uploads"
 
     def check_source(self, uri: str) -> str:
         """The URI a visitor may load for `uri` (relative paths: under the first data folder),

@@ -40,10 +40,9 @@ def cache_root() -> Path:
     inside it: diskcache's consistency check deletes files it does not know. Hugging Face
     files are not kept here: they live in the hub's own cache (`HF_HOME`).
     """
-    from ..cache import ENV_DIR
+    from ..cache import base_directory
 
-    base = os.environ.get(ENV_DIR, "").strip()
-    return (Path(base).expanduser() if base else Path.home() / ".cache") / DOWNLOADS_SUBFOLDER
+    return base_directory() / DOWNLOADS_SUBFOLDER
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
