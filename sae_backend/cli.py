@@ -26,6 +26,7 @@ import numpy as np
 from .dictionary import Dictionary
 from .errors import SAEError
 from .geometry.compare import DIRECTIONS, MAX_K, compare, included, match
+from .geometry.topk import pick_device
 from .loader import load
 from .precompute import KINDS, Outcome, catalogue_sources, precompute
 from .projection import default_epochs, umap_embedding
@@ -69,8 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--k", type=int, default=1, help=f"neighbours per feature (1..{MAX_K})")
     cmp_.add_argument("--directions", choices=DIRECTIONS, default="decoder")
     cmp_.add_argument("--match", action="store_true", help="add the one-to-one matching")
-    cmp_.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    cmp_.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
+    _compute_options(cmp_)
     _load_options(cmp_)
     cmp_.set_defaults(run=_compare)
 
@@ -88,8 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     um.add_argument("--min-dist", type=float, default=0.1)
     um.add_argument("--seed", type=int, default=0)
     um.add_argument("--directions", choices=DIRECTIONS, default="decoder")
-    um.add_argument("--device", default="auto", help="for the kNN graph: auto, cpu, cuda or mps")
-    um.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
+    _compute_options(um, "for the kNN graph: ")
     _load_options(um)
     um.set_defaults(run=_umap)
 
@@ -119,11 +118,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="one-to-one matchings (default: on)")  # fmt: skip
     pre.add_argument("--umap", action=argparse.BooleanOptionalAction, default=True,
                      help="UMAP embeddings (default: on)")  # fmt: skip
-    pre.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    _compute_options(pre, cache=False)
     pre.add_argument("--json", action="store_true", help="print the summary as JSON")
     _load_options(pre)
     pre.set_defaults(run=_precompute)
     return p
+
+
+def _compute_options(p: argparse.ArgumentParser, what: str = "", cache: bool = True) -> None:
+    p.add_argument("--device", default="auto", help=f"{what}auto, cpu, cuda, cuda:N or mps")
+    if cache:
+        p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
 
 
 def _load_options(p: argparse.ArgumentParser) -> None:
@@ -223,6 +228,7 @@ def _umap(args: argparse.Namespace) -> int:
 
 
 def _precompute(args: argparse.Namespace) -> int:
+    pick_device(args.device)  # a wrong device fails once here, not once per item
     sources = {src: src for src in args.srcs}
     if args.catalogue_layer is not None:
         found, notes = catalogue_sources(args.catalogue_layer, args.via, args.criterion)

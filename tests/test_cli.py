@@ -103,6 +103,9 @@ def test_plain_matrix_needs_orientation(tmp_path, capsys):
         (["compare", "{a}", "--output", "{out}", "--k", "500"], "k must be between"),
         (["compare", "{a}", "--output", "{out}", "--match"], "--match needs two"),
         (["compare", "{bad}", "--output", "{out}"], "bad.pt"),
+        (["compare", "{a}", "--output", "{out}", "--device", "gpu0"], "use auto, cpu, cuda"),
+        (["compare", "{a}", "--output", "{out}", "--device", "cuda:7"], "not available"),
+        (["precompute", "{a}", "--device", "bogus"], "device 'bogus'"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, pair, args, message):

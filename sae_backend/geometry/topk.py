@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..activity import exclusive
+from ..errors import InputError
 
 GROUP = 64  # columns per group when shortlisting candidates from a bf16 score block
 _U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
@@ -53,9 +54,23 @@ class TopK(NamedTuple):
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """CUDA when present, then MPS, else CPU (or exactly what `device` names)."""
+    """CUDA when present, then MPS, else CPU (or exactly what `device` names; an InputError
+    for a name torch does not know or a device this machine lacks)."""
     if device != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InputError(f"device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        mps = getattr(torch.backends, "mps", None)
+        present = {
+            "cpu": True,
+            "cuda": torch.cuda.is_available()
+            and (dev.index is None or dev.index < torch.cuda.device_count()),
+            "mps": mps is not None and mps.is_available(),
+        }
+        if not present.get(dev.type, False):
+            raise InputError(f"device {device!r} is not available on this machine")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
