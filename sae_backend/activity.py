@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 ENV_HEAVY_PAIRS = "SAE_HEAVY_PAIRS"  # scored pairs (n_a * n_b) from which work is "heavy"
 DEFAULT_HEAVY_PAIRS = 10**8  # 10,000 x 10,000; the paper's pairs are 2.1e9
@@ -113,19 +112,15 @@ def exclusive(device: str, label: str, pairs: int) -> Iterator[None]:
         return
     with _DEVICE_LOCKS_GUARD:
         lock = _DEVICE_LOCKS.setdefault(device, threading.Lock())
-    with ACTIVITY._task("heavy", label, "waiting"):
-        lock.acquire()
-    try:
-        fd = _open_lock_file(device)
-        try:
-            with ACTIVITY._task("heavy", label, "waiting"):
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            with ACTIVITY.track("heavy", label, count=False):
-                yield
-        finally:
-            os.close(fd)  # releases the flock
-    finally:
-        lock.release()
+    with contextlib.ExitStack() as held:
+        with ACTIVITY._task("heavy", label, "waiting"):
+            lock.acquire()  # this process's other sessions
+            held.callback(lock.release)
+            fd = _open_lock_file(device)
+            held.callback(os.close, fd)  # closing releases the flock
+            fcntl.flock(fd, fcntl.LOCK_EX)  # other processes (a precompute run)
+        with ACTIVITY.track("heavy", label, count=False):
+            yield
 
 
 def devices_busy() -> dict[str, bool]:
@@ -149,9 +144,8 @@ def devices_busy() -> dict[str, bool]:
 
 
 def _open_lock_file(device: str) -> int:
-    from .cache import default_directory, make_private_dir
+    from .cache import default_directory, make_private_dir, open_lock_file
 
     folder = default_directory() / "locks"
     make_private_dir(folder)
-    name = "heavy-" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + ".lock"
-    return os.open(Path(folder) / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    return open_lock_file(folder / ("heavy-" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + ".lock"))

@@ -449,7 +449,7 @@ class ArrayCache:
         if key in held:
             raise RuntimeError(f"get_or_compute({key!r}) called from inside its own compute")
         name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + ".lock"
-        fd = os.open(self._lock_dir / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = open_lock_file(self._lock_dir / name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             held.add(key)
@@ -500,6 +500,12 @@ def _default_size_limit() -> int:
         return int(text)
     except ValueError:
         raise InputError(f"{ENV_SIZE_LIMIT}={text!r} is not a whole number of bytes") from None
+
+
+def open_lock_file(path: Path) -> int:
+    """A descriptor for `flock` on `path` (created owner-only; a symlink planted there is
+    refused). Each call opens its own descriptor, so threads exclude each other too."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
 
 def make_private_dir(path: Path) -> None:
