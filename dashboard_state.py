@@ -24,9 +24,10 @@ import numpy as np
 import streamlit as st
 
 from sae_backend import Dictionary, SAEError, compare, load, match
-from sae_backend.demo import ENV_DEMO, demo_contexts, demo_manifest, demo_sources
+from sae_backend import settings as backend_settings
+from sae_backend.demo import demo_contexts, demo_manifest, demo_sources
 from sae_backend.errors import InputError
-from sae_backend.geometry.compare import Comparison, included
+from sae_backend.geometry.compare import Comparison
 from sae_backend.geometry.matching import Matching
 from sae_backend.geometry.stats import BootstrapCI, bootstrap_mean_difference, random_null
 from sae_backend.hosting import PASSWORD_SECRET, Hosted, hosted_settings
@@ -43,8 +44,6 @@ UMAP_AUTO_LIMIT = 10_000  # the UMAP page computes up to this many points unaske
 _MARK = re.compile(r"\[\[(.*?)\]\]", re.S)  # the firing token in a demo context window
 UPLOAD_LIMIT_MB = 512  # local mode; also server.maxUploadSize in .streamlit/config.toml
 UPLOAD_MAX_AGE_S = 24 * 3600  # upload folders older than this are removed on the next upload
-ENV_MEMORY_MB = "SAE_MEMORY_BUDGET_MB"  # local mode; a hosted instance sets memory_budget_mb
-DEFAULT_MEMORY_MB = 8192
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 
 
@@ -166,7 +165,7 @@ def is_demo(uri: str) -> bool:
 
 def demo_note() -> str:
     """One caption saying what the bundled demo is (the real one or the toy)."""
-    if os.environ.get(ENV_DEMO, "").strip().lower() == "toy":
+    if backend_settings.DEMO.get() == "toy":
         return TOY_NOTE
     m = demo_manifest()
     cs = m["cross_seed"]
@@ -227,11 +226,7 @@ def show_error(err: SAEError, what: str = "") -> None:
 def shared_memory() -> MemoryLRU:
     """The one in-RAM store of dictionaries and results for every session of this server."""
     hosted = settings()
-    if hosted is not None:
-        mb = hosted.memory_budget_mb
-    else:
-        raw = os.environ.get(ENV_MEMORY_MB, "").strip()
-        mb = int(raw) if raw.isdigit() else DEFAULT_MEMORY_MB
+    mb = hosted.memory_budget_mb if hosted is not None else backend_settings.MEMORY_BUDGET_MB.get()
     return MemoryLRU(mb * 2**20)
 
 
@@ -429,7 +424,7 @@ def bootstrap_ci(x_key: tuple, x: np.ndarray, y_key: tuple, y: np.ndarray) -> Bo
 
 
 def n_included(d: Dictionary) -> int:
-    return int(len(included(d)))
+    return int(len(d.alive_index))
 
 
 def progress_callback(text: str) -> tuple[Any, Callable[[int, int], None]]:

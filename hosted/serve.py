@@ -18,9 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sae_backend.activity import ENV_HEAVY_PAIRS  # noqa: E402
+from sae_backend import settings  # noqa: E402
 from sae_backend.errors import SAEError  # noqa: E402
-from sae_backend.formats._io import ENV_MAX_ARRAY_BYTES  # noqa: E402
 from sae_backend.hosting import ENV_SETTINGS, PASSWORD_SECRET, Hosted, read_settings  # noqa: E402
 
 
@@ -97,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(cmd))
         return 0
     os.environ[ENV_SETTINGS] = str(args.settings.resolve())
-    os.environ[ENV_HEAVY_PAIRS] = str(s.heavy_pairs)
-    os.environ[ENV_MAX_ARRAY_BYTES] = str(s.max_array_mb * 2**20)
+    os.environ[settings.HEAVY_PAIRS.name] = str(s.heavy_pairs)
+    os.environ[settings.MAX_ARRAY_BYTES.name] = str(s.max_array_mb * 2**20)
     os.chdir(ROOT)
     os.execv(sys.executable, cmd)  # replaces this process: signals reach Streamlit directly
 

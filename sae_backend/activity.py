@@ -24,8 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-ENV_HEAVY_PAIRS = "SAE_HEAVY_PAIRS"  # scored pairs (n_a * n_b) from which work is "heavy"
-DEFAULT_HEAVY_PAIRS = 10**8  # 10,000 x 10,000; the paper's pairs are 2.1e9
+from . import settings
 
 
 @dataclass(frozen=True)
@@ -97,9 +96,9 @@ _DEVICE_LOCKS_GUARD = threading.Lock()
 
 
 def heavy_pairs() -> int:
-    """From how many scored pairs a computation counts as heavy (`$SAE_HEAVY_PAIRS`)."""
-    raw = os.environ.get(ENV_HEAVY_PAIRS, "").strip()
-    return int(raw) if raw.isdigit() else DEFAULT_HEAVY_PAIRS
+    """From how many scored pairs a computation counts as heavy (`$SAE_HEAVY_PAIRS`, default
+    10**8 = 10,000 x 10,000; the paper's pairs are 2.1e9)."""
+    return settings.HEAVY_PAIRS.get()
 
 
 @contextlib.contextmanager
@@ -126,10 +125,8 @@ def exclusive(device: str, label: str, pairs: int) -> Iterator[None]:
 def devices_busy() -> dict[str, bool]:
     """{device: whether its heavy-work lock is held now, by any process} for every device
     that has a lock file: how the Status page sees a `precompute` running beside the server."""
-    from .cache import default_directory
-
     out = {}
-    for path in sorted((default_directory() / "locks").glob("heavy-*.lock")):
+    for path in sorted(settings.lock_dir().glob("heavy-*.lock")):
         device = path.name[len("heavy-") : -len(".lock")]
         fd = _open_lock_file(device)
         try:
@@ -144,8 +141,8 @@ def devices_busy() -> dict[str, bool]:
 
 
 def _open_lock_file(device: str) -> int:
-    from .cache import default_directory, make_private_dir, open_lock_file
-
-    folder = default_directory() / "locks"
-    make_private_dir(folder)
-    return open_lock_file(folder / ("heavy-" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + ".lock"))
+    folder = settings.lock_dir()
+    settings.make_private_dir(folder)
+    return settings.open_lock_file(
+        folder / ("heavy-" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + ".lock")
+    )

@@ -49,6 +49,7 @@ import diskcache
 import numpy as np
 from diskcache.core import MODE_BINARY, MODE_RAW, MODE_TEXT
 
+from . import settings
 from .activity import ACTIVITY
 from .errors import InputError, SAEError
 
@@ -62,12 +63,9 @@ __all__ = [
     "encode_blob",
     "make_key",
     "resolve_cache",
+    "through",
 ]
 
-ENV_DIR = "SAE_CACHE_DIR"  # the variable e2e_sae uses; our data lives in a subfolder of it
-ENV_SIZE_LIMIT = "SAE_CACHE_SIZE_LIMIT"  # bytes
-SUBFOLDER = "sae_geometry"
-DEFAULT_SIZE_LIMIT = 8 * 10**9  # 8 GB
 KEY_VERSION = 1  # bump to invalidate every key when the meaning of cached results changes
 
 MAGIC = b"SAEARR01"
@@ -146,7 +144,9 @@ def encode_blob(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None
     meta = {} if meta is None else meta
     if not isinstance(meta, Mapping):
         raise TypeError(f"cache metadata must be a dict, got {type(meta).__name__}")
-    specs, chunks, offset = [], [], 0
+    specs: list[dict[str, Any]] = []
+    chunks: list[memoryview] = []
+    offset = 0
     for name, arr in arrays.items():
         if not isinstance(name, str):
             raise TypeError(f"cache array names must be strings, got {name!r}")
@@ -171,7 +171,7 @@ def encode_blob(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None
         header = json.dumps({"meta": dict(meta), "arrays": specs}, sort_keys=True).encode()
     except (TypeError, ValueError) as e:
         raise TypeError(f"cache metadata is not JSON-able: {e}") from None
-    body = [len(header).to_bytes(_HEADER_LEN, "little"), header, *chunks]
+    body: list[bytes | memoryview] = [len(header).to_bytes(_HEADER_LEN, "little"), header, *chunks]
     digest = hashlib.blake2b(digest_size=_DIGEST_SIZE)
     for part in body:
         digest.update(part)
@@ -294,17 +294,17 @@ class ArrayCache:
     """
 
     def __init__(self, directory: Path | str | None = None, size_limit: int | None = None):
-        self.directory = default_directory() if directory is None else Path(directory)
-        self.size_limit = _default_size_limit() if size_limit is None else size_limit
+        self.directory = settings.cache_dir() if directory is None else Path(directory)
+        self.size_limit = settings.CACHE_SIZE_LIMIT.get() if size_limit is None else size_limit
         if isinstance(self.size_limit, bool) or not isinstance(self.size_limit, int):
             raise InputError(
                 f"cache size limit must be a whole number of bytes, got {size_limit!r}"
             )
         if self.size_limit <= 0:
             raise InputError(f"cache size limit must be positive, got {self.size_limit}")
-        make_private_dir(self.directory)
+        settings.make_private_dir(self.directory)
         self._lock_dir = self.directory / "locks"
-        make_private_dir(self._lock_dir)
+        settings.make_private_dir(self._lock_dir)
         try:
             self._cache = diskcache.Cache(
                 str(self.directory),
@@ -449,7 +449,7 @@ class ArrayCache:
         if key in held:
             raise RuntimeError(f"get_or_compute({key!r}) called from inside its own compute")
         name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + ".lock"
-        fd = open_lock_file(self._lock_dir / name)
+        fd = settings.open_lock_file(self._lock_dir / name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             held.add(key)
@@ -480,41 +480,18 @@ def resolve_cache(cache: ArrayCache | bool | None) -> ArrayCache | None:
     return cache
 
 
-def base_directory() -> Path:
-    """`$SAE_CACHE_DIR`, else `~/.cache` (read at each call): every folder this project
-    writes (the array cache, downloads, a server's uploads) is a subfolder of it."""
-    root = os.environ.get(ENV_DIR, "").strip()
-    return Path(root).expanduser() if root else Path.home() / ".cache"
-
-
-def default_directory() -> Path:
-    """`$SAE_CACHE_DIR/sae_geometry`, else `~/.cache/sae_geometry` (read at each call)."""
-    return base_directory() / SUBFOLDER
-
-
-def _default_size_limit() -> int:
-    text = os.environ.get(ENV_SIZE_LIMIT, "").strip()
-    if not text:
-        return DEFAULT_SIZE_LIMIT
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(f"{ENV_SIZE_LIMIT}={text!r} is not a whole number of bytes") from None
-
-
-def open_lock_file(path: Path) -> int:
-    """A descriptor for `flock` on `path` (created owner-only; a symlink planted there is
-    refused). Each call opens its own descriptor, so threads exclude each other too."""
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-
-
-def make_private_dir(path: Path) -> None:
-    """Create `path` (and parents) and make it owner-only, or raise SAEError saying why not."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
-    except OSError as e:
-        raise SAEError(f"cache folder {path} cannot be created owner-only: {e.strerror}") from None
+def through(
+    cache: ArrayCache | bool | None,
+    key: str | Callable[[], str],
+    compute: Callable[[], Entry],
+) -> Entry:
+    """`compute()` through the cache a `cache=` argument names (see `resolve_cache`): the stored
+    entry, or computed once and stored; with no cache, simply `compute()`. `key` may be a
+    function, for keys that cost work (a folder walk) and are not needed without a cache."""
+    store = resolve_cache(cache)
+    if store is None:
+        return compute()
+    return store.get_or_compute(key() if callable(key) else key, compute)
 
 
 def _check_key(key: Any) -> None:

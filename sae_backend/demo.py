@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import tempfile
 from functools import lru_cache
@@ -38,10 +37,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from .cache import ENV_DIR
+from . import settings
 from .errors import SourceError
 
-DEMO_SUBFOLDER = "sae_demo"
 VERSION = "toy-v1"  # bump when the generator changes, so old files are never reused
 N_FEATURES, D_MODEL = 1024, 64
 N_DEAD = 24
@@ -51,12 +49,11 @@ NAMES = ("toy-a", "toy-b", "toy-a-seed2")
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 MANIFEST = "manifest.json"
-ENV_DEMO = "SAE_DEMO"  # "toy": demo_sources() gives the toy demo
 
 
 def demo_sources() -> dict[str, str]:
     """{short name: local path} of the bundled demo SAEs (the toy ones when SAE_DEMO=toy)."""
-    if os.environ.get(ENV_DEMO, "").strip().lower() == "toy":
+    if settings.DEMO.get() == "toy":
         return toy_sources()
     return {name: str(DEMO_DATA / name) for name in demo_manifest()["saes"]}
 
@@ -95,8 +92,7 @@ def _contexts(name: str) -> dict[int, list[tuple[float, str]]]:
 
 def demo_root() -> Path:
     """`$SAE_CACHE_DIR/sae_demo/<version>`, else `~/.cache/sae_demo/<version>`."""
-    base = os.environ.get(ENV_DIR, "").strip()
-    return (Path(base).expanduser() if base else Path.home() / ".cache") / DEMO_SUBFOLDER / VERSION
+    return settings.demo_dir() / VERSION
 
 
 def toy_sources() -> dict[str, str]:

@@ -14,19 +14,23 @@ Local mode is the absence of `$SAE_HOSTED`: no rules, no login. In hosted mode:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, get_type_hints
 
+from . import settings
 from .errors import InputError
+from .types import AUTH_MODES, AuthMode
 from .uri import parse_uri, quote_source
 
-ENV_SETTINGS = "SAE_HOSTED"  # path of the hosted settings TOML; unset: local mode
-AUTH_MODES = ("password", "oidc", "proxy", "none")
+ENV_SETTINGS = settings.HOSTED.name  # path of the hosted settings TOML; unset: local mode
 REMOTE_SCHEMES = ("wandb", "hf", "saelens")
-PASSWORD_SECRET = "SAE_PASSWORD"  # Streamlit secret or environment variable (auth = "password")
+PASSWORD_SECRET = settings.PASSWORD_SECRET
 UPLOAD_MARK = "<upload>"  # how messages and shared links name the upload folder
 _FOLDER_FILES_LIMIT = 2000  # files checked inside a folder source (two levels deep)
 
@@ -56,17 +60,19 @@ class Hosted:
     upload_dir: Path | None = None
     upload_limit_mb: int = 512
     memory_budget_mb: int = 4096
-    auth: str = "password"
+    auth: AuthMode = "password"
     allowed_emails: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     heavy_pairs: int = 10**8
     max_array_mb: int = 2048
 
+    def __post_init__(self) -> None:
+        # providers differ in the case of the addresses they report
+        object.__setattr__(self, "allowed_emails", tuple(e.lower() for e in self.allowed_emails))
+
     @property
     def upload_folder(self) -> Path:
-        from .cache import base_directory
-
-        return self.upload_dir if self.upload_dir is not None else base_directory() / "sae_uploads"
+        return self.upload_dir if self.upload_dir is not None else settings.uploads_dir()
 
     def check_source(self, uri: str) -> str:
         """The URI a visitor may load for `uri` (relative paths: under the first data folder),
@@ -121,8 +127,6 @@ class Hosted:
     def redact(self, message: str) -> str:
         """`message` with secrets blanked out and the server's folders shortened: data folders
         to their names, uploads to <upload>, the cache to <cache>, the home folder to ~."""
-        from .cache import ENV_DIR
-
         out = message
         for name in ("WANDB_API_KEY", PASSWORD_SECRET):
             secret = os.environ.get(name, "")
@@ -130,8 +134,9 @@ class Hosted:
                 out = out.replace(secret, "***")
         private = [(d, d.name) for d in self.data_dirs]  # shown as data/x.pt, not /srv/.../x.pt
         private.append((self.upload_folder, UPLOAD_MARK))
-        if os.environ.get(ENV_DIR, "").strip():
-            private.append((Path(os.environ[ENV_DIR]).expanduser(), "<cache>"))
+        cache_root = settings.CACHE_DIR.get()
+        if cache_root is not None:
+            private.append((cache_root, "<cache>"))
         private.append((Path.home(), "~"))
         for folder, shown in private:
             for form in {str(folder), str(folder.resolve())}:
@@ -158,31 +163,29 @@ def _files_below(folder: Path, levels: int) -> list[Path]:
 
 
 def read_settings(path: Path | str) -> Hosted:
-    """Hosted settings from a TOML file; an InputError naming the file for anything wrong."""
+    """Hosted settings from a TOML file; an InputError naming the file for anything wrong.
+
+    Each key is parsed by its field's type (`_PARSERS`), strictly: `uploads = "no"` is an
+    error, not True, and a key left out takes the dataclass's default, the only place
+    defaults are written.
+    """
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise InputError(f"hosted settings {path}: cannot read ({e})") from None
-    unknown = set(doc) - {f for f in Hosted.__dataclass_fields__}
+    types = get_type_hints(Hosted)
+    fields = {f.name for f in dataclasses.fields(Hosted)}
+    unknown = set(doc) - fields
     if unknown:
         raise InputError(f"hosted settings {path}: unknown keys {sorted(unknown)}")
-    try:
-        s = Hosted(
-            data_dirs=tuple(_folder(p, path) for p in doc.get("data_dirs", [])),
-            remote=frozenset(doc.get("remote", [])),
-            uploads=bool(doc.get("uploads", True)),
-            upload_dir=_folder(doc["upload_dir"], path) if doc.get("upload_dir") else None,
-            upload_limit_mb=int(doc.get("upload_limit_mb", 512)),
-            memory_budget_mb=int(doc.get("memory_budget_mb", 4096)),
-            auth=str(doc.get("auth", "password")),
-            allowed_emails=tuple(str(e).lower() for e in doc.get("allowed_emails", [])),
-            allowed_hosts=tuple(str(h) for h in doc.get("allowed_hosts", [])),
-            heavy_pairs=int(doc.get("heavy_pairs", 10**8)),
-            max_array_mb=int(doc.get("max_array_mb", 2048)),
-        )
-    except (TypeError, ValueError) as e:
-        raise InputError(f"hosted settings {path}: {e}") from None
+    values = {}
+    for name, raw in doc.items():
+        try:
+            values[name] = _PARSERS[types[name]](raw, path)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"hosted settings {path}: {name}: {e}") from None
+    s = Hosted(**values)
     if s.auth not in AUTH_MODES:
         raise InputError(f"hosted settings {path}: auth must be one of {AUTH_MODES}")
     if not s.remote <= set(REMOTE_SCHEMES):
@@ -203,10 +206,46 @@ def _folder(value: object, settings_file: Path) -> Path:
     return p if p.is_absolute() else (settings_file.parent / p).resolve()
 
 
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return value
+
+
+def _whole(value: object, _file: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a whole number, got {value!r}")
+    return value
+
+
+def _flag(value: object, _file: Path) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _text(value: object, _file: Path) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+# How each field type of `Hosted` is read from TOML (keyed by the resolved annotation).
+_PARSERS: dict[Any, Callable[[Any, Path], Any]] = {
+    tuple[Path, ...]: lambda v, f: tuple(_folder(p, f) for p in _strings(v)),
+    frozenset[str]: lambda v, f: frozenset(_strings(v)),
+    bool: _flag,
+    Path | None: _folder,
+    int: _whole,
+    AuthMode: _text,
+    tuple[str, ...]: lambda v, f: tuple(_strings(v)),
+}
+
+
 def hosted_settings() -> Hosted | None:
     """The settings named by `$SAE_HOSTED`, or None in local mode (re-read when it changes)."""
-    path = os.environ.get(ENV_SETTINGS, "").strip()
-    return _cached_settings(path) if path else None
+    path = settings.HOSTED.get()
+    return _cached_settings(str(path)) if path is not None else None
 
 
 @functools.cache

@@ -20,8 +20,8 @@ import diskcache
 import numpy as np
 import pytest
 
+from sae_backend import settings
 from sae_backend.cache import (
-    DEFAULT_SIZE_LIMIT,
     MAGIC,
     ArrayCache,
     CorruptEntry,
@@ -420,7 +420,7 @@ def test_default_cache_honours_environment(tmp_path, monkeypatch):
         default_cache.cache_clear()
         cache = default_cache()
         assert cache.directory == tmp_path / "home" / ".cache" / "sae_geometry"
-        assert cache.size_limit == DEFAULT_SIZE_LIMIT
+        assert cache.size_limit == settings.CACHE_SIZE_LIMIT.default == 8 * 10**9
 
         monkeypatch.setenv("SAE_CACHE_SIZE_LIMIT", "lots")
         default_cache.cache_clear()

@@ -121,7 +121,11 @@ def test_read_settings(tmp_path: Path, tree) -> None:
         ("memory_budget_mb = 0", "limits must be positive"),
         ("colour = 1", "unknown keys"),
         ("memory_budget_mb = ", "cannot read"),
-        ('memory_budget_mb = "lots"', "invalid literal"),
+        ('memory_budget_mb = "lots"', "memory_budget_mb: expected a whole number, got 'lots'"),
+        ("memory_budget_mb = true", "memory_budget_mb: expected a whole number, got True"),
+        ('uploads = "no"', "uploads: expected true or false, got 'no'"),
+        ('remote = "hf"', "remote: expected a list of strings"),
+        ("auth = 1", "auth: expected a string"),
     ],
 )
 def test_bad_settings_fail_in_one_line(tmp_path: Path, text: str, needle: str) -> None:

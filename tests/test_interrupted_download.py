@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sae_backend.cache import ArrayCache, default_directory
+from sae_backend import settings
+from sae_backend.cache import ArrayCache
 from sae_backend.loader import load
 from sae_backend.sources._download import PARTIAL_PREFIX
 from sae_backend.sources.wandb import MANIFEST, run_folder
@@ -416,15 +417,15 @@ def test_kill_during_cache_write_leaves_no_entry(tmp_path):
 
     import diskcache
 
-    with diskcache.Cache(str(default_directory())) as raw_cache:
+    with diskcache.Cache(str(settings.cache_dir())) as raw_cache:
         assert len(raw_cache) == 0  # but no entry refers to it
 
     alive = np.abs(dec).sum(axis=1) > 0
-    store = ArrayCache(default_directory())
+    store = ArrayCache(settings.cache_dir())
     again = load(str(path), cache=store)  # would block forever if the key lock were stuck
     assert_matches(again, dec, enc, alive)
     assert (store.stats.misses, store.stats.hits) == (1, 0)
-    later = ArrayCache(default_directory())  # as a new process would open it
+    later = ArrayCache(settings.cache_dir())  # as a new process would open it
     third = load(str(path), cache=later)
     assert (later.stats.misses, later.stats.hits) == (0, 1)  # the retry's entry is whole
     assert third.fingerprint == again.fingerprint

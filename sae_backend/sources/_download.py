@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from ..errors import SourceError
-from . import Progress
+from ..types import DownloadProgress
 
-DOWNLOADS_SUBFOLDER = "sae_downloads"
 # Temporary download folders start with this prefix; they never hold a file a reader would take.
 PARTIAL_PREFIX = ".partial-"
 _STALE_PARTIAL_S = 24 * 3600  # partial folders older than this are left-overs of killed processes
@@ -31,18 +31,8 @@ _POLL_S = 0.2
 
 
 def cache_root() -> Path:
-    """The folder for downloaded SAE files: `$SAE_CACHE_DIR/sae_downloads`, else
-    `~/.cache/sae_downloads`.
-
-    One function so that every source (and the app's settings page) agrees on the place. It
-    follows the array cache's convention (`sae_backend.cache`: our data in a subfolder of
-    `$SAE_CACHE_DIR`, the variable e2e_sae uses) but is a sibling of that cache's folder, not
-    inside it: diskcache's consistency check deletes files it does not know. Hugging Face
-    files are not kept here: they live in the hub's own cache (`HF_HOME`).
-    """
-    from ..cache import base_directory
-
-    return base_directory() / DOWNLOADS_SUBFOLDER
+    """The folder for downloaded SAE files (`settings.downloads_dir()`)."""
+    return settings.downloads_dir()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -83,7 +73,7 @@ def fetch_atomic(
     *,
     expected_size: int | None,
     what: str,
-    progress: Progress | None = None,
+    progress: DownloadProgress | None = None,
 ) -> Path:
     """Fetch one file to `dest` atomically and return `dest`.
 
