@@ -22,11 +22,10 @@ import numpy as np
 from . import sources
 from .cache import ArrayCache, make_key, resolve_cache
 from .dictionary import Dictionary, RawSAE
-from .errors import FormatError, InputError, SAEError
+from .errors import FormatError, InputError, SAEError, one_line
 from .formats import LoadOptions, read_sae
-from .formats._io import one_line
-from .sources import Progress
 from .sources._download import PARTIAL_PREFIX
+from .types import DownloadProgress, Orientation
 from .uri import parse_uri
 
 # Exceptions that malformed input can raise from deep inside numpy/torch/yaml/zipfile.
@@ -47,10 +46,10 @@ def load(
     uri: str,
     *,
     position: str | None = None,
-    orientation: str | None = None,
+    orientation: Orientation | None = None,
     key: str | None = None,
     format: str | None = None,
-    progress: Progress | None = None,
+    progress: DownloadProgress | None = None,
     cache: ArrayCache | bool = True,
 ) -> Dictionary:
     """Load the SAE dictionary named by `uri` (a local path or wandb:/hf:/saelens: URI).

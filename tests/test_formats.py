@@ -17,7 +17,7 @@ import torch
 
 from sae_backend import load
 from sae_backend.errors import FormatError, InputError, SAEError
-from sae_backend.formats import format_names, registry
+from sae_backend.formats import FORMATS, format_names
 from sae_backend.formats.saelens import DEAD_LOG10
 from sae_backend.sources import Resolved
 from tests.factories import (
@@ -207,7 +207,7 @@ def test_same_matrix_in_every_format_gives_the_same_dictionary(tmp_path: Path) -
 def test_detection_is_specific_and_matrix_comes_last() -> None:
     names = format_names()
     assert names[-1] == "matrix" and len(set(names)) == len(names) == 6
-    assert all(callable(m.detect) and callable(m.read) for m in registry())
+    assert all(callable(m.detect) and callable(m.read) for m in FORMATS)
 
 
 def test_forced_format_and_unknown_format(tmp_path: Path) -> None:
@@ -574,6 +574,6 @@ def test_missing_path_is_a_source_error(tmp_path: Path) -> None:
     ],
 )
 def test_layer_from_names(text: str, layer: int | None) -> None:
-    from sae_backend.formats._io import layer_from
+    from sae_backend.formats._layout import layer_from
 
     assert layer_from(text) == layer

@@ -26,7 +26,7 @@ from sae_backend import load
 from sae_backend.cache import default_cache
 from sae_backend.cli import main
 from sae_backend.errors import FormatError, InputError, SAEError, URIError
-from sae_backend.formats._io import ENV_MAX_ARRAY_BYTES, MAX_INFLATE_RATIO
+from sae_backend.formats._safe_io import ENV_MAX_ARRAY_BYTES, MAX_INFLATE_RATIO
 from sae_backend.uri import parse_uri
 from tests.factories import planted, unit_rows, write_gemma_scope, write_matrix, write_saelens
 from tests.hostile import BOMB_SHAPE, HOSTILE_URIS, REFUSED_PICKLE, hostile_files

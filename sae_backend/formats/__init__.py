@@ -1,64 +1,45 @@
-"""File formats: a registry of small modules, each able to detect and read one SAE layout.
+"""File formats: one small module per SAE layout, listed in `FORMATS` in detection order.
 
-A format module defines `NAME`, `detect(path) -> bool` (cheap: file names, keys, never full
-loads where avoidable) and `read(path, opts) -> RawSAE` (feature-row orientation). A new format
-is one module plus one line in `_MODULES`; the order there is the detection order (most
-specific first, the plain-matrix fallback last).
+Each module satisfies `base.Format`: `NAME`, `detect(path) -> bool` (cheap: file names, keys,
+never full loads where avoidable) and `read(path, opts) -> RawSAE` (feature-row orientation).
+A new format is one module plus one entry in `FORMATS`; the order is the detection order (most
+specific first, the plain-matrix fallback last). The modules import torch, safetensors and
+yaml inside their functions, so listing them here keeps `import sae_backend` light.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from ..dictionary import RawSAE
 from ..errors import FormatError
+from . import dictionary_learning, e2e_sae, gemma_scope, matrix, saelens, sparsify
+from .base import Format, LoadOptions
 
+FORMATS: tuple[Format, ...] = (
+    e2e_sae,
+    saelens,
+    sparsify,
+    dictionary_learning,
+    gemma_scope,
+    matrix,
+)
 
-@dataclass(frozen=True)
-class LoadOptions:
-    """Options a user can give when a file alone does not say enough.
-
-    position:    which SAE in a file holding several (hook position, dots or hyphens).
-    orientation: for plain matrices: "rows" = [n_features, d_model], "columns" = [d_model, n_features].
-    key:         which array to take from a plain file holding several.
-    """
-
-    position: str | None = None
-    orientation: str | None = None
-    key: str | None = None
-
-
-_MODULES = [
-    "e2e_sae",
-    "saelens",
-    "sparsify",
-    "dictionary_learning",
-    "gemma_scope",
-    "matrix",
-]
-
-
-def registry() -> list[ModuleType]:
-    """The format modules in detection order."""
-    return [importlib.import_module(f"{__name__}.{m}") for m in _MODULES]
+__all__ = ["FORMATS", "Format", "LoadOptions", "format_names", "read_sae"]
 
 
 def format_names() -> list[str]:
-    return [m.NAME for m in registry()]
+    return [f.NAME for f in FORMATS]
 
 
 def read_sae(path: Path, opts: LoadOptions, format: str | None = None) -> tuple[RawSAE, str]:
     """Read `path` with the named format, or the first whose `detect` accepts it."""
-    modules = registry()
     if format is not None:
-        chosen = [m for m in modules if m.NAME == format]
+        chosen = [f for f in FORMATS if f.NAME == format]
         if not chosen:
             raise FormatError(f"unknown format {format!r}; known: {', '.join(format_names())}")
     else:
-        chosen = [m for m in modules if m.detect(path)][:1]
+        chosen = [f for f in FORMATS if f.detect(path)][:1]
         if not chosen:
             raise FormatError(
                 f"{path}: not a recognised SAE file or folder (known formats: "

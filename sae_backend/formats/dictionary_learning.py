@@ -20,23 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..dictionary import RawSAE
-from . import LoadOptions
-from ._io import (
-    TORCH_SUFFIXES,
-    bias_length,
-    fail,
-    feature_rows,
-    holds,
-    json_safe,
-    layer_from,
-    list_names,
-    load_torch,
-    matrix,
-    read_json,
-    sibling_config,
-    torch_pickle_strings,
-    weights_file,
-)
+from ..errors import fail, list_names
+from ._checks import bias_length, feature_rows, json_safe, matrix
+from ._layout import holds, layer_from, sibling_config, weights_file
+from ._safe_io import TORCH_SUFFIXES, load_torch, read_json, torch_pickle_strings
+from .base import LoadOptions
 
 NAME = "dictionary_learning"
 
@@ -75,7 +63,7 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
     state, extra, embedded = _unwrap(obj, file)
     cfg_path = sibling_config(file, [CONFIG], levels=1)
     cfg = read_json(cfg_path) if cfg_path is not None else embedded
-    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
+    trainer = t if isinstance(t := cfg.get("trainer"), dict) else {}
     d_cfg, n_cfg = trainer.get("activation_dim"), trainer.get("dict_size")
     d_cfg = d_cfg if isinstance(d_cfg, int) and not isinstance(d_cfg, bool) else None
     n_cfg = n_cfg if isinstance(n_cfg, int) and not isinstance(n_cfg, bool) else None

@@ -21,21 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ..dictionary import RawSAE
-from . import LoadOptions
-from ._io import (
-    TORCH_SUFFIXES,
-    bias_length,
-    fail,
-    feature_rows,
-    json_safe,
-    layer_from,
-    list_names,
-    load_torch,
-    matrix,
-    position_key,
-    read_yaml,
-    torch_pickle_strings,
-)
+from ..errors import fail, list_names
+from ._checks import bias_length, feature_rows, json_safe, matrix
+from ._layout import layer_from, position_key
+from ._safe_io import TORCH_SUFFIXES, load_torch, read_yaml, torch_pickle_strings
+from .base import LoadOptions
 
 NAME = "e2e_sae"
 

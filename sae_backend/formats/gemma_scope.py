@@ -15,18 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..dictionary import RawSAE
-from . import LoadOptions
-from ._io import (
-    bias_length,
-    fail,
-    feature_rows,
-    first_key,
-    json_safe,
-    list_names,
-    load_npz,
-    matrix,
-    npz_keys,
-)
+from ..errors import fail, list_names
+from ._checks import bias_length, feature_rows, first_key, json_safe, matrix
+from ._safe_io import load_npz, npz_keys
+from .base import LoadOptions
 
 NAME = "gemma_scope"
 

@@ -12,20 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from ..dictionary import RawSAE
-from ..errors import InputError
-from . import LoadOptions
-from ._io import (
+from ..errors import InputError, fail, list_names
+from ._checks import is_array, matrix
+from ._safe_io import (
     TORCH_SUFFIXES,
-    fail,
-    is_array,
-    list_names,
     load_npy,
     load_npz,
     load_safetensors,
     load_torch,
-    matrix,
     safetensors_header,
 )
+from .base import LoadOptions
 
 NAME = "matrix"
 

@@ -23,22 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..dictionary import RawSAE
-from . import LoadOptions
-from ._io import (
-    bias_length,
-    detect_weights,
-    fail,
-    feature_rows,
-    json_safe,
-    layer_from,
-    load_safetensors,
-    matrix,
-    read_json,
-    require_keys,
-    safetensors_header,
-    vector,
-    weights_file,
-)
+from ..errors import fail
+from ._checks import bias_length, config_int, feature_rows, json_safe, matrix, require_keys, vector
+from ._layout import detect_weights, layer_from, weights_file
+from ._safe_io import load_safetensors, read_json, safetensors_header
+from .base import LoadOptions
 
 NAME = "saelens"
 
@@ -58,7 +47,9 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
     folder, weights, chosen = weights_file(path, WEIGHTS, opts.position)
     cfg_path = folder / CONFIG
     cfg = read_json(cfg_path) if cfg_path.is_file() else {}
-    d_in, d_sae, d_out = (_int(cfg, k, cfg_path) for k in ("d_in", "d_sae", "d_out"))
+    d_in, d_sae, d_out = (
+        config_int(cfg, k, cfg_path, minimum=1) for k in ("d_in", "d_sae", "d_out")
+    )
 
     header = safetensors_header(weights)
     require_keys(header, ["W_dec"], weights)
@@ -116,15 +107,6 @@ def _density(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     alive = log10 > DEAD_LOG10
     density = np.where(alive, np.maximum(10.0**log10 - _EPS, 0.0), 0.0)
     return density, alive
-
-
-def _int(cfg: dict[str, Any], key: str, path: Path) -> int | None:
-    v = cfg.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise fail(path, f"{key} is {v!r}, expected a positive integer")
-    return v
 
 
 def _meta(

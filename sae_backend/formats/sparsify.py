@@ -17,21 +17,10 @@ import numpy as np
 
 from ..dictionary import RawSAE
 from ..errors import FormatError
-from . import LoadOptions
-from ._io import (
-    bias_length,
-    detect_weights,
-    fail,
-    feature_rows,
-    json_safe,
-    layer_from,
-    load_safetensors,
-    matrix,
-    read_json,
-    require_keys,
-    safetensors_header,
-    weights_file,
-)
+from ._checks import bias_length, config_int, feature_rows, json_safe, matrix, require_keys
+from ._layout import detect_weights, layer_from, weights_file
+from ._safe_io import load_safetensors, read_json, safetensors_header
+from .base import LoadOptions
 
 NAME = "sparsify"
 
@@ -49,9 +38,9 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
     folder, weights, chosen = weights_file(path, WEIGHTS, opts.position)
     cfg_path = folder / CONFIG
     cfg = read_json(cfg_path) if cfg_path.is_file() else {}
-    d_in = _int(cfg, "d_in", cfg_path)
-    n = _int(cfg, "num_latents", cfg_path) or None
-    factor = _int(cfg, "expansion_factor", cfg_path)
+    d_in = config_int(cfg, "d_in", cfg_path)
+    n = config_int(cfg, "num_latents", cfg_path) or None
+    factor = config_int(cfg, "expansion_factor", cfg_path)
     if n is None and d_in is not None and factor:
         n = d_in * factor
 
@@ -95,15 +84,6 @@ def _why(d_in: int | None, d: int | None, n: int | None) -> str:
     if n is not None:
         parts.append(f"num_latents={n} per {CONFIG}")
     return ", ".join(p for p in parts if p)
-
-
-def _int(cfg: dict[str, Any], key: str, path: Path) -> int | None:
-    v = cfg.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise fail(path, f"{key} is {v!r}, expected a non-negative integer")
-    return v
 
 
 def _meta(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SourceError
-from ..formats._io import one_line
+from ..errors import SourceError, one_line
+from ..types import DownloadProgress
 from ..uri import SourceRef
-from . import Progress, Resolved
+from .base import Resolved
 
 
-def resolve(ref: SourceRef, progress: Progress | None = None) -> Resolved:
+def resolve(ref: SourceRef, progress: DownloadProgress | None = None) -> Resolved:
     path = Path(ref.parts[0])
     try:
         found = path.exists()
