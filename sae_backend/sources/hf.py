@@ -18,12 +18,13 @@ from __future__ import annotations
 import posixpath
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..errors import SourceError
+from ..types import DownloadProgress
 from ..uri import SourceRef
-from . import Progress, Resolved
 from ._download import remove_stale_partials
+from .base import Resolved
 
 # Suffixes that make PATH a single file rather than a folder.
 FILE_SUFFIXES = (".pt", ".pth", ".safetensors", ".npz", ".npy", ".ckpt", ".bin")
@@ -46,7 +47,7 @@ _NETWORK_ERRORS = {"ConnectError", "ConnectTimeout", "TimeoutException", "Timeou
 _SNAPSHOT = re.compile(r"[\\/]snapshots[\\/]([0-9a-f]{40})[\\/]")
 
 
-def resolve(ref: SourceRef, progress: Progress | None = None) -> Resolved:
+def resolve(ref: SourceRef, progress: DownloadProgress | None = None) -> Resolved:
     """Download (or find in the hub cache) the files of `ref`; return the local file or folder."""
     repo, path, revision = ref.parts
     hub = _import_hub()
@@ -71,11 +72,13 @@ def _remove_stale_incomplete(hub: Any, repo: str) -> None:
     would otherwise pile up on a server. A download in progress is younger and stays."""
     from huggingface_hub.file_download import repo_folder_name
 
-    repo_cache = Path(hub.constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    repo_cache = Path(hub.constants.HF_HUB_CACHE) / repo_folder_name(
+        repo_id=repo, repo_type="model"
+    )
     remove_stale_partials(repo_cache / "blobs", pattern="*.incomplete")
 
 
-def _fetch_folder(hub: Any, ref: SourceRef, progress: Progress | None) -> Path:
+def _fetch_folder(hub: Any, ref: SourceRef, progress: DownloadProgress | None) -> Path:
     """Fetch the known files of folder PATH (repo root when empty); return the local folder."""
     repo, path, revision = ref.parts
     listed = _list_folder(hub, ref)  # None: the Hub cannot be asked (offline), try the cache
@@ -118,11 +121,35 @@ def _list_folder(hub: Any, ref: SourceRef) -> set[str] | None:
         raise _explain(hub, ref, exc, what=f"folder {path!r}" if path else "the repo") from None
 
 
+@overload
 def _fetch(
     hub: Any,
     ref: SourceRef,
     filename: str,
-    progress: Progress | None,
+    progress: DownloadProgress | None,
+    *,
+    required: Literal[True],
+    cache_only: bool = False,
+) -> Path: ...
+
+
+@overload
+def _fetch(
+    hub: Any,
+    ref: SourceRef,
+    filename: str,
+    progress: DownloadProgress | None,
+    *,
+    required: bool,
+    cache_only: bool = False,
+) -> Path | None: ...
+
+
+def _fetch(
+    hub: Any,
+    ref: SourceRef,
+    filename: str,
+    progress: DownloadProgress | None,
     *,
     required: bool,
     cache_only: bool = False,
@@ -200,7 +227,7 @@ def _import_hub():
     return huggingface_hub
 
 
-def _progress_bar_class(progress: Progress, what: str) -> type:
+def _progress_bar_class(progress: DownloadProgress, what: str) -> type:
     """A tqdm stand-in for hf_hub_download that forwards byte counts to `progress`."""
 
     class _Bar:

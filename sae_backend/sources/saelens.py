@@ -18,11 +18,13 @@ import yaml
 
 from ..catalogue import SaelensSAE, catalogue
 from ..errors import SourceError
+from ..types import DownloadProgress
 from ..uri import SourceRef
-from . import Progress, Resolved, hf
+from . import hf
+from .base import Resolved
 
 
-def resolve(ref: SourceRef, progress: Progress | None = None) -> Resolved:
+def resolve(ref: SourceRef, progress: DownloadProgress | None = None) -> Resolved:
     release, sae_id = ref.parts
     sae = lookup(release, sae_id)
     resolved = hf.resolve(SourceRef("hf", (sae.repo_id, sae.path, ""), ref.position), progress)

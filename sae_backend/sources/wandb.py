@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SAEError, SourceError
+from ..types import DownloadProgress
 from ..uri import SourceRef
-from . import Progress, Resolved
 from ._download import cache_root, fetch_atomic, remove_stale_partials, write_json_atomic
+from .base import Resolved
 
 MANIFEST = "wandb_run.json"
 MANIFEST_VERSION = 1
@@ -65,7 +66,7 @@ def run_folder(entity: str, project: str, run_id: str) -> Path:
     return cache_root() / "wandb" / entity / project / run_id
 
 
-def resolve(ref: SourceRef, progress: Progress | None = None) -> Resolved:
+def resolve(ref: SourceRef, progress: DownloadProgress | None = None) -> Resolved:
     """Local folder with the run's final_config.yaml and latest samples_N.pt, plus run metadata."""
     entity, project, run_id = ref.parts
     folder = run_folder(entity, project, run_id)
@@ -78,7 +79,7 @@ def resolve(ref: SourceRef, progress: Progress | None = None) -> Resolved:
 # --- fetching ------------------------------------------------------------------------------
 
 
-def _fetch(ref: SourceRef, folder: Path, progress: Progress | None) -> dict[str, Any]:
+def _fetch(ref: SourceRef, folder: Path, progress: DownloadProgress | None) -> dict[str, Any]:
     """Ask W&B for the run, download what is missing, write the manifest; errors -> SourceError."""
     wandb = _import_wandb()
     entity, project, run_id = ref.parts
@@ -315,8 +316,7 @@ def run_metadata(
     n_samples, dict_size_to_input_ratio, l0, ce_loss_increase, alive_count.
     """
     meta: dict[str, Any] = {}
-    loss = config.get("loss") if isinstance(config.get("loss"), dict) else {}
-    saes = config.get("saes") if isinstance(config.get("saes"), dict) else {}
+    loss, saes = (v if isinstance(v := config.get(k), dict) else {} for k in ("loss", "saes"))
     if position:
         meta["hook"] = position
         m = re.match(r"^blocks\.(\d+)\.", position)
