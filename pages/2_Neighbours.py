@@ -14,7 +14,6 @@ import streamlit as st
 
 import dashboard_state as ds
 from sae_backend import SAEError
-from sae_backend.geometry.compare import included
 from sae_backend.geometry.neighbours import check_feature, feature_neighbours
 from sae_backend.geometry.stats import encoder_decoder_cosine
 from sae_backend.neuronpedia import feature_url
@@ -33,7 +32,7 @@ def go(dict_name: str, feature: int) -> None:
 
 
 def first_alive(name: str) -> int:
-    idx = included(dicts[name])
+    idx = dicts[name].alive_index
     return int(idx[0]) if len(idx) else 0
 
 
@@ -49,7 +48,7 @@ def on_feature() -> None:
 def step(direction: int) -> None:
     """Previous (-1), next (+1) alive feature, wrapping around; 0: a random alive one."""
     name = st.session_state["nb_dict"]
-    alive = included(dicts[name])
+    alive = dicts[name].alive_index
     if len(alive) == 0:
         return
     cur = int(st.session_state["nb_feature"])
@@ -135,8 +134,8 @@ def partner(target: str) -> tuple[int, float] | None:
     """The one-to-one match of this feature in `target`, if computed and matched."""
     if not show_match or target == name:
         return None
-    pos = np.searchsorted(included(d), feature)
-    if pos >= len(included(d)) or included(d)[pos] != feature:
+    pos = np.searchsorted(d.alive_index, feature)
+    if pos >= len(d.alive_index) or d.alive_index[pos] != feature:
         return None  # a dead feature takes no part in the matching
     with st.spinner(f"Matching {name} with {target} one-to-one ..."):
         m = ds.matching(d, dicts[target], directions)

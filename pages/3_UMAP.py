@@ -16,7 +16,7 @@ import streamlit as st
 import dashboard_state as ds
 from sae_backend import SAEError
 from sae_backend.geometry.neighbours import feature_neighbours
-from sae_backend.projection import umap_embedding
+from sae_backend.projection import UMAP_DEFAULTS, umap_embedding
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
@@ -33,9 +33,9 @@ names = list(dicts)
 c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
 chosen = c1.multiselect("Dictionaries", names, default=names[:2])
 directions = c2.radio("Directions", ["decoder", "encoder"])
-n_neighbors = c3.number_input("n_neighbors", 2, 200, 15)
-min_dist = c4.number_input("min_dist", 0.0, 1.0, 0.1, step=0.05)
-seed = c5.number_input("seed", 0, 10_000, 0)
+n_neighbors = c3.number_input("n_neighbors", 2, 200, UMAP_DEFAULTS["n_neighbors"])
+min_dist = c4.number_input("min_dist", 0.0, 1.0, UMAP_DEFAULTS["min_dist"], step=0.05)
+seed = c5.number_input("seed", 0, 10_000, UMAP_DEFAULTS["seed"])
 if not chosen:
     st.info("Choose at least one dictionary.")
     st.stop()

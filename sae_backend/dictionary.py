@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError
+from .types import Directions, Float32, Int64
 
 # Rows whose norm is at most this (relative to the largest row) are treated as zero (dead).
 _ZERO_NORM = 1e-12
@@ -88,8 +89,14 @@ class Dictionary:
     def has_encoder(self) -> bool:
         return self.encoder is not None
 
-    def directions(self, kind: str = "decoder") -> np.ndarray:
-        """[n, d] unit rows of the decoder or the encoder (`kind` in {"decoder", "encoder"})."""
+    @property
+    def alive_index(self) -> Int64[np.ndarray, " m"]:
+        """Indices of the features every comparison takes part in: alive per the source and
+        non-zero, ascending. Computed results index features by these, never by position."""
+        return np.flatnonzero(self.alive)
+
+    def directions(self, kind: Directions = "decoder") -> Float32[np.ndarray, "n d"]:
+        """Unit rows of the decoder or the encoder."""
         if kind == "decoder":
             return self.decoder
         if kind == "encoder":
@@ -178,7 +185,7 @@ def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
             continue
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.view(np.uint8).reshape(-1).data if a.ndim else a.tobytes())
     return h.hexdigest()
 
 

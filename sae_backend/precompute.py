@@ -34,13 +34,13 @@ from .cache import ArrayCache, resolve_cache
 from .catalogue import Catalogue, catalogue
 from .dictionary import Dictionary
 from .errors import InputError, SAEError
-from .geometry.compare import DIRECTIONS, compare, included, match
+from .geometry.compare import compare, match
 from .geometry.stats import random_null
-from .projection import umap_embedding
+from .projection import UMAP_DEFAULTS, umap_embedding
+from .types import DIRECTIONS, Directions, Progress
 
 __all__ = [
     "KINDS",
-    "UMAP_PAGE",
     "Item",
     "Outcome",
     "catalogue_sources",
@@ -49,11 +49,7 @@ __all__ = [
 ]
 
 KINDS = ("compare", "null", "match", "umap")  # in the order they run: cheap and needed first
-# The UMAP page's widget defaults (pages/3_UMAP.py); its default selection is the first two.
-UMAP_PAGE = {"n_neighbors": 15, "min_dist": 0.1, "seed": 0}
-UMAP_PAGE_SELECTION = 2
-
-Progress = Callable[[int, int], None]
+UMAP_PAGE_SELECTION = 2  # the UMAP page's default selection: the first two dictionaries
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class Outcome:
 def plan(
     dicts: Mapping[str, Dictionary],
     *,
-    directions: Sequence[str] = DIRECTIONS,
+    directions: Sequence[Directions] = DIRECTIONS,
     kinds: Sequence[str] = KINDS,
     device: str = "auto",
     cache: ArrayCache,
@@ -104,7 +100,7 @@ def plan(
 def precompute(
     dicts: Mapping[str, Dictionary],
     *,
-    directions: Sequence[str] = DIRECTIONS,
+    directions: Sequence[Directions] = DIRECTIONS,
     kinds: Sequence[str] = KINDS,
     device: str = "auto",
     cache: ArrayCache | bool = True,
@@ -160,7 +156,7 @@ def _run(
 @dataclass(frozen=True)
 class _Context:
     dicts: dict[str, Dictionary]
-    directions: tuple[str, ...]
+    directions: tuple[Directions, ...]
     device: str
     cache: ArrayCache
 
@@ -212,8 +208,8 @@ def _null_items(ctx: _Context) -> Iterator[Item]:
         names = [a] if b is None else [a, b]
         if all(ctx.unfit(names, dirs) for dirs in ctx.directions):
             continue  # no page shows this comparison, so none shows its null either
-        n_a = len(included(ctx.dicts[a]))
-        n_b = None if b is None else len(included(ctx.dicts[b]))
+        n_a = len(ctx.dicts[a].alive_index)
+        n_b = None if b is None else len(ctx.dicts[b].alive_index)
         d = ctx.dicts[a].d_model
         if (n_a, n_b, d) not in seen:
             seen.add((n_a, n_b, d))
@@ -239,7 +235,7 @@ def _umap_items(ctx: _Context) -> Iterator[Item]:
     for dirs in ctx.directions:
         for sel in selections:
             chosen = [ctx.dicts[n] for n in sel]
-            call = partial(umap_embedding, chosen, directions=dirs, **UMAP_PAGE, **ctx.where)
+            call = partial(umap_embedding, chosen, directions=dirs, **UMAP_DEFAULTS, **ctx.where)
             yield ctx.item("umap", f"{' + '.join(sel)} ({dirs})", sel, dirs, call)
 
 

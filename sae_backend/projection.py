@@ -20,24 +20,44 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 import numpy as np
 
-from .cache import ArrayCache, make_key, resolve_cache
+if TYPE_CHECKING:
+    import pandas as pd
+
+from .cache import ArrayCache, make_key, resolve_cache, through
 from .dictionary import Dictionary
 from .errors import InputError
-from .geometry.compare import DIRECTIONS, included
+from .geometry.compare import check_comparable
 from .geometry.topk import topk_cosine
+from .types import Directions, Float32, Int32, Int64, Progress
 
-__all__ = ["Embedding", "MAX_NEIGHBORS", "default_epochs", "knn_graph", "stack", "umap_embedding"]
+__all__ = [
+    "MAX_NEIGHBORS",
+    "UMAP_DEFAULTS",
+    "Embedding",
+    "default_epochs",
+    "knn_graph",
+    "stack",
+    "umap_embedding",
+]
 
 MAX_NEIGHBORS = 200  # beyond this a UMAP graph stops being local; also bounds the kNN memory
 METRIC = "cosine"
 
-Progress = Callable[[int, int], None]
+
+class UmapParams(TypedDict):
+    n_neighbors: int
+    min_dist: float
+    seed: int
+
+
+# What the UMAP page offers first and `precompute` fills the cache with: one place for both.
+UMAP_DEFAULTS: UmapParams = {"n_neighbors": 15, "min_dist": 0.1, "seed": 0}
 
 _log = logging.getLogger(__name__)
 
@@ -46,43 +66,49 @@ _log = logging.getLogger(__name__)
 class Embedding:
     """A joint 2-D embedding of the included features of several dictionaries.
 
-    xy:         [N, 2] float32 coordinates.
-    dict_index: [N] int32, which input dictionary each point comes from (position in the list).
-    feature:    [N] int64, the feature index within that dictionary.
+    xy:         coordinates.
+    dict_index: which input dictionary each point comes from (position in the list).
+    feature:    the feature index within that dictionary.
     params:     n_neighbors, min_dist, seed, directions, metric ("cosine"), n_epochs.
     """
 
-    xy: np.ndarray
-    dict_index: np.ndarray
-    feature: np.ndarray
-    params: dict
+    xy: Float32[np.ndarray, "N 2"]
+    dict_index: Int32[np.ndarray, " N"]
+    feature: Int64[np.ndarray, " N"]
+    params: dict[str, Any]
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
 
+    def to_rows(self, names: Sequence[str], picked: np.ndarray | None = None) -> pd.DataFrame:
+        """The points as a table `RunType,EmbeddingIndex,X,Y` (RunType = `names[dict_index]`,
+        EmbeddingIndex = the feature index): the layout e2e_sae's analysis writes. `picked`
+        (positions into the embedding) keeps only those points."""
+        import pandas as pd
+
+        at = slice(None) if picked is None else np.asarray(picked)
+        return pd.DataFrame(
+            {
+                "RunType": np.asarray(names, dtype=object)[self.dict_index[at]],
+                "EmbeddingIndex": self.feature[at],
+                "X": self.xy[at, 0],
+                "Y": self.xy[at, 1],
+            }
+        )
+
 
 def stack(
-    dicts: Sequence[Dictionary], directions: str = "decoder"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The points of a joint embedding: every dictionary's included features, in list order.
+    dicts: Sequence[Dictionary], directions: Directions = "decoder"
+) -> tuple[Float32[np.ndarray, "N d"], Int32[np.ndarray, " N"], Int64[np.ndarray, " N"]]:
+    """The points of a joint embedding: every dictionary's alive features, in list order.
 
-    Returns (x [N, d] float32 unit rows, dict_index [N] int32, feature [N] int64).
+    Returns (unit rows x, dict_index, feature).
     Raises InputError for no dictionaries, mismatched d_model or a missing encoder.
     """
     if len(dicts) == 0:
         raise InputError("a UMAP embedding needs at least one dictionary")
-    if directions not in DIRECTIONS:
-        raise InputError(f"directions must be 'decoder' or 'encoder', not {directions!r}")
-    first = dicts[0]
-    for d in dicts:
-        if d.d_model != first.d_model:
-            raise InputError(
-                f"cannot embed {first.meta.source} (d_model {first.d_model}) together with "
-                f"{d.meta.source} (d_model {d.d_model}): directions live in different spaces"
-            )
-        if directions == "encoder" and not d.has_encoder:
-            raise InputError(f"{d.meta.source} has no encoder directions; use decoder")
-    features = [included(d) for d in dicts]
+    check_comparable(dicts, directions, what="embed")
+    features = [d.alive_index for d in dicts]
     x = np.concatenate([d.directions(directions)[f] for d, f in zip(dicts, features, strict=True)])
     dict_index = np.concatenate(
         [np.full(len(f), i, dtype=np.int32) for i, f in enumerate(features)]
@@ -119,13 +145,45 @@ def default_epochs(n_points: int) -> int:
     return 500 if n_points <= 10_000 else 200
 
 
+@overload
 def umap_embedding(
     dicts: Sequence[Dictionary],
     *,
-    directions: str = "decoder",
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    seed: int = 0,
+    directions: Directions = ...,
+    n_neighbors: int = ...,
+    min_dist: float = ...,
+    seed: int = ...,
+    n_epochs: int | None = ...,
+    device: str = ...,
+    cache: ArrayCache | bool | None = ...,
+    progress: Progress | None = ...,
+    only_cached: Literal[False] = ...,
+) -> Embedding: ...
+
+
+@overload
+def umap_embedding(
+    dicts: Sequence[Dictionary],
+    *,
+    directions: Directions = ...,
+    n_neighbors: int = ...,
+    min_dist: float = ...,
+    seed: int = ...,
+    n_epochs: int | None = ...,
+    device: str = ...,
+    cache: ArrayCache | bool | None = ...,
+    progress: Progress | None = ...,
+    only_cached: bool,
+) -> Embedding | None: ...
+
+
+def umap_embedding(
+    dicts: Sequence[Dictionary],
+    *,
+    directions: Directions = "decoder",
+    n_neighbors: int = UMAP_DEFAULTS["n_neighbors"],
+    min_dist: float = UMAP_DEFAULTS["min_dist"],
+    seed: int = UMAP_DEFAULTS["seed"],
     n_epochs: int | None = None,
     device: str = "auto",
     cache: ArrayCache | bool | None = True,
@@ -181,17 +239,15 @@ def umap_embedding(
         xy = _fit(x, knn, params, _offset(progress, n, total))
         return {"xy": xy, "dict_index": dict_index, "feature": feature}, {"params": params}
 
-    store = resolve_cache(cache)
     key = make_key("umap", *(d.fingerprint for d in dicts), knn="exact", **params)
     if only_cached:
+        store = resolve_cache(cache)
         hit = store.get(key) if store is not None else None
         if hit is None:
             return None
         arrays = hit[0]
-    elif store is None:
-        arrays, _ = compute()
     else:
-        arrays, _ = store.get_or_compute(key, compute)
+        arrays, _ = through(cache, key, compute)
     if progress is not None:
         progress(total, total)
     return Embedding(arrays["xy"], arrays["dict_index"], arrays["feature"], dict(params))

@@ -21,7 +21,6 @@ from streamlit.testing.v1 import AppTest
 import dashboard_state
 from sae_backend import load
 from sae_backend.demo import demo_sources, toy_matrices
-from sae_backend.geometry.compare import included
 from sae_backend.projection import umap_embedding
 from tests.factories import e2e_config, planted, unit_rows, write_e2e_folder, write_saelens
 from tests.support import wandb_client_env
@@ -286,7 +285,7 @@ def test_umap_point_and_region_selection(ref, monkeypatch):
     dicts = [load(demo["toy-a"]), load(demo["toy-b"])]
     emb = umap_embedding(dicts)
     traces = [np.flatnonzero(emb.dict_index == k) for k in range(2)]  # one trace per dictionary
-    np.testing.assert_array_equal(emb.feature[traces[0]], included(dicts[0]))
+    np.testing.assert_array_equal(emb.feature[traces[0]], dicts[0].alive_index)
 
     # One point (the 7th of toy-b's trace): that feature, and its float64 neighbours within toy-b.
     at = select_points(at, "umap", [(1, 7)])

@@ -8,7 +8,7 @@ import pytest
 from sae_backend import load
 from sae_backend.cache import ArrayCache
 from sae_backend.errors import InputError
-from sae_backend.geometry.compare import compare, included, match
+from sae_backend.geometry.compare import compare, match
 from tests.factories import unit_rows, write_saelens
 
 
@@ -90,7 +90,7 @@ def test_match_recovers_permutation_in_feature_indices(tmp_path):
     a, b, *_, perm = planted_pair(tmp_path)
     m = match(a, b)
     where = np.argsort(perm)
-    ia = included(a)
+    ia = a.alive_index
     both = b.alive[where[ia]]
     np.testing.assert_array_equal(m.b_index[both], where[ia][both])
     assert m.method == "hungarian" and np.all(m.b_index[m.b_index >= 0] < b.n_features)

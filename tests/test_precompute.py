@@ -25,18 +25,17 @@ from sae_backend.cache import ArrayCache, SafeDisk, default_cache, make_key
 from sae_backend.cli import main
 from sae_backend.dictionary import Dictionary, RawSAE
 from sae_backend.errors import InputError
-from sae_backend.geometry.compare import compare, included, match
+from sae_backend.geometry.compare import compare, match
 from sae_backend.geometry.stats import random_null, random_unit_rows
 from sae_backend.loader import load
-from sae_backend.precompute import UMAP_PAGE as PRECOMPUTE_UMAP
 from sae_backend.precompute import UMAP_PAGE_SELECTION, catalogue_sources, precompute
-from sae_backend.projection import umap_embedding
+from sae_backend.projection import UMAP_DEFAULTS, umap_embedding
 from tests.factories import unit_rows, write_saelens
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 32
 DIRS = ("decoder", "encoder")
-UMAP_PAGE = {"n_neighbors": 15, "min_dist": 0.1, "seed": 0}  # pages/3_UMAP.py's widget defaults
+UMAP_PAGE = UMAP_DEFAULTS  # pages/3_UMAP.py's widget defaults (the test below checks)
 
 
 @pytest.fixture()
@@ -71,8 +70,8 @@ def page_calls(dicts: dict[str, Dictionary]) -> int:
             for b in [None, *(x for x in usable if x != a)]:
                 other = None if b is None else dicts[b]
                 compare(dicts[a], other, directions=dirs, k=1)  # Home, Similarity, UMAP colours
-                n_b = None if other is None else int(len(included(other)))
-                random_null(int(len(included(dicts[a]))), n_b, dicts[a].d_model)  # null_max_cos
+                n_b = None if other is None else int(len(other.alive_index))
+                random_null(int(len(dicts[a].alive_index)), n_b, dicts[a].d_model)  # null_max_cos
                 n += 2
                 if other is not None:
                     match(dicts[a], other, directions=dirs)  # Similarity, Neighbours
@@ -124,7 +123,7 @@ def test_cli_precompute_leaves_the_pages_nothing_to_compute(saes, capsys):
 
     # What the pages read equals float64 references and uncached computations.
     a, b = dicts["a"], dicts["b"]
-    ia, ib = included(a), included(b)
+    ia, ib = a.alive_index, b.alive_index
     assert len(ia) == 357 and len(ib) == 319
     ua, ub = (unit_rows(m)[0] for m in saes["dec"])
     within = ua[ia] @ ua[ia].T
@@ -190,10 +189,10 @@ def test_the_pages_call_what_precompute_fills():
     for node in ast.walk(umap_page):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr == "number_input":
-                widgets[node.args[0].value] = node.args[3].value
+                widgets[node.args[0].value] = ast.unparse(node.args[3])
             if node.func.attr == "multiselect" and node.args[0].value == "Dictionaries":
                 selection = {kw.arg: ast.unparse(kw.value) for kw in node.keywords}["default"]
-    assert widgets == UMAP_PAGE == PRECOMPUTE_UMAP
+    assert widgets == {name: f"UMAP_DEFAULTS[{name!r}]" for name in UMAP_DEFAULTS}
     assert selection == f"names[:{UMAP_PAGE_SELECTION}]"
 
 
@@ -223,8 +222,8 @@ def test_module_entry_point_goes_on_past_a_bad_source(saes, tmp_path):
     for a, b in (("a", None), ("b", None), ("a", "b"), ("b", "a")):
         other = None if b is None else dicts[b]
         compare(dicts[a], other, cache=store)
-        n_b = None if other is None else len(included(other))
-        random_null(len(included(dicts[a])), n_b, D, cache=store)
+        n_b = None if other is None else len(other.alive_index)
+        random_null(len(dicts[a].alive_index), n_b, D, cache=store)
         if other is not None:
             match(dicts[a], other, cache=store)
     assert (store.stats.hits, store.stats.misses) == (10, 0)

@@ -9,47 +9,48 @@ dictionaries' fingerprints and the parameters, so a repeated comparison costs a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..cache import ArrayCache, make_key, resolve_cache
+from ..cache import ArrayCache, make_key, through
 from ..dictionary import Dictionary
 from ..errors import InputError
+from ..types import DIRECTIONS, Directions, Float32, Int64, Progress
 from .matching import DoubleCounting, Matching, double_counting, match_one_to_one
 from .stats import Summary, summarize
 from .topk import TopK, topk_cosine
 
-DIRECTIONS = ("decoder", "encoder")
 MAX_K = 100
+
+__all__ = ["DIRECTIONS", "MAX_K", "Comparison", "check_comparable", "compare", "match"]
 
 
 @dataclass(frozen=True)
 class Comparison:
     """Nearest neighbours of A's included features among B's (or A's own, self excluded).
 
-    a_index:    [m] int64 feature indices in A that were compared (its included features).
-    values:     [m, k] float32 cosines, descending (exact: float32 dot products).
-    indices:    [m, k] int64 feature indices in B (in A when `b_fingerprint` is None).
-    directions: "decoder" or "encoder".
+    a_index:    feature indices in A that were compared (its `alive_index`).
+    values:     cosines, descending (exact: float32 dot products).
+    indices:    feature indices in B (in A when `b_fingerprint` is None).
     n_targets:  how many features of B (or A) were candidates.
     """
 
     a_fingerprint: str
     b_fingerprint: str | None
-    directions: str
-    a_index: np.ndarray
-    values: np.ndarray
-    indices: np.ndarray
+    directions: Directions
+    a_index: Int64[np.ndarray, " m"]
+    values: Float32[np.ndarray, "m k"]
+    indices: Int64[np.ndarray, "m k"]
     n_targets: int
 
     @property
-    def max_cos(self) -> np.ndarray:  # [m] float32
+    def max_cos(self) -> Float32[np.ndarray, " m"]:
         return self.values[:, 0]
 
     @property
-    def nearest(self) -> np.ndarray:  # [m] int64
+    def nearest(self) -> Int64[np.ndarray, " m"]:
         return self.indices[:, 0]
 
     @property
@@ -65,19 +66,34 @@ class Comparison:
         return double_counting(self.nearest, n_b)
 
 
-def included(d: Dictionary) -> np.ndarray:
-    """[m] int64 indices of the features compared: alive per the source and non-zero."""
-    return np.flatnonzero(d.alive)
+def check_comparable(
+    dicts: Sequence[Dictionary], directions: Directions, what: str = "compare"
+) -> None:
+    """One InputError line unless `dicts` can be compared by `directions`: a known direction
+    kind, one d_model for all, and encoders where encoder directions are asked for. `what`
+    names the operation in the message ("compare", "embed")."""
+    if directions not in DIRECTIONS:
+        raise InputError(f"directions must be 'decoder' or 'encoder', not {directions!r}")
+    first = dicts[0]
+    for d in dicts[1:]:
+        if d.d_model != first.d_model:
+            raise InputError(
+                f"cannot {what} {first.meta.source} (d_model {first.d_model}) with "
+                f"{d.meta.source} (d_model {d.d_model}): directions live in different spaces"
+            )
+    for d in dicts:
+        if directions == "encoder" and not d.has_encoder:
+            raise InputError(f"{d.meta.source} has no encoder directions; use decoder")
 
 
 def compare(
     a: Dictionary,
     b: Dictionary | None = None,
     *,
-    directions: str = "decoder",
+    directions: Directions = "decoder",
     k: int = 1,
     device: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     cache: ArrayCache | None | bool = True,
 ) -> Comparison:
     """Top-k neighbours of A's included features among B's (B=None: within A, self excluded).
@@ -85,18 +101,9 @@ def compare(
     cache: True uses the default disk cache, False none, or a given ArrayCache.
     Raises InputError for mismatched d_model, a missing encoder or k out of range.
     """
-    if directions not in DIRECTIONS:
-        raise InputError(f"directions must be 'decoder' or 'encoder', not {directions!r}")
-    if b is not None and b.d_model != a.d_model:
-        raise InputError(
-            f"cannot compare {a.meta.source} (d_model {a.d_model}) with {b.meta.source} "
-            f"(d_model {b.d_model}): directions live in different spaces"
-        )
-    for d in (a, b):
-        if d is not None and directions == "encoder" and not d.has_encoder:
-            raise InputError(f"{d.meta.source} has no encoder directions; use decoder")
-    ia = included(a)
-    ib = ia if b is None else included(b)
+    check_comparable([a] if b is None else [a, b], directions)
+    ia = a.alive_index
+    ib = ia if b is None else b.alive_index
     n_targets = len(ib) - (1 if b is None else 0)
     if len(ia) == 0:
         raise InputError(f"{a.meta.source} has no alive features to compare")
@@ -109,13 +116,9 @@ def compare(
         res = topk_cosine(va, vb, k, device=device, progress=progress)
         return {"values": res.values, "indices": ib[res.indices]}, {}
 
-    store = resolve_cache(cache)
     fb = None if b is None else b.fingerprint
-    if store is None:
-        arrays, _ = compute()
-    else:
-        key = make_key("compare", a.fingerprint, fb or "self", directions=directions, k=k)
-        arrays, _ = store.get_or_compute(key, compute)
+    key = make_key("compare", a.fingerprint, fb or "self", directions=directions, k=k)
+    arrays, _ = through(cache, key, compute)
     return Comparison(
         a.fingerprint, fb, directions, ia, arrays["values"], arrays["indices"], n_targets
     )
@@ -125,12 +128,12 @@ def match(
     a: Dictionary,
     b: Dictionary,
     *,
-    directions: str = "decoder",
+    directions: Directions = "decoder",
     k_candidates: int = 10,
     dense_limit: int = 4096,
     device: str = "auto",
     forward: Comparison | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     cache: ArrayCache | None | bool = True,
 ) -> Matching:
     """One-to-one matching of A's included features to B's; indices are feature indices.
@@ -142,7 +145,7 @@ def match(
     `device` does not change exact results, so neither is part of it (as in `compare`).
     Raises InputError for a `forward` that is not a comparison of A with B by `directions`.
     """
-    ia, ib = included(a), included(b)
+    ia, ib = a.alive_index, b.alive_index
     fwd = None
     if forward is not None:
         if (forward.a_fingerprint, forward.b_fingerprint, forward.directions) != (
@@ -169,15 +172,11 @@ def match(
         meta = {name: getattr(m, name) for name in _MATCHING_SCALARS}
         return {"b_index": b_index, "cosine": m.cosine}, meta
 
-    store = resolve_cache(cache)
-    if store is None:
-        arrays, meta = compute()
-    else:
-        key = make_key(
-            "match", a.fingerprint, b.fingerprint, directions=directions,
-            k_candidates=k_candidates, dense_limit=dense_limit,
-        )  # fmt: skip
-        arrays, meta = store.get_or_compute(key, compute)
+    key = make_key(
+        "match", a.fingerprint, b.fingerprint, directions=directions,
+        k_candidates=k_candidates, dense_limit=dense_limit,
+    )  # fmt: skip
+    arrays, meta = through(cache, key, compute)
     return Matching(arrays["b_index"], arrays["cosine"], **meta)
 
 

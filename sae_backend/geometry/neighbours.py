@@ -15,7 +15,8 @@ import numpy as np
 
 from ..dictionary import Dictionary
 from ..errors import InputError
-from .compare import DIRECTIONS, included
+from ..types import Directions
+from .compare import check_comparable
 from .topk import topk_cosine
 
 
@@ -30,7 +31,7 @@ class Neighbours:
     """
 
     feature: int
-    directions: str
+    directions: Directions
     index: np.ndarray
     cosine: np.ndarray
     decoder: np.ndarray
@@ -57,7 +58,7 @@ def feature_neighbours(
     b: Dictionary | None = None,
     *,
     k: int = 10,
-    directions: str = "decoder",
+    directions: Directions = "decoder",
     device: str = "cpu",
 ) -> Neighbours:
     """The k nearest included features of B (B=None: of A, the feature itself excluded).
@@ -66,18 +67,9 @@ def feature_neighbours(
     Raises InputError for an index out of range, mismatched d_model or a missing encoder.
     """
     i = check_feature(a, feature)
-    if directions not in DIRECTIONS:
-        raise InputError(f"directions must be 'decoder' or 'encoder', not {directions!r}")
     other = a if b is None else b
-    if other.d_model != a.d_model:
-        raise InputError(
-            f"cannot compare {a.meta.source} (d_model {a.d_model}) with {other.meta.source} "
-            f"(d_model {other.d_model}): directions live in different spaces"
-        )
-    for d in (a, other):
-        if directions == "encoder" and not d.has_encoder:
-            raise InputError(f"{d.meta.source} has no encoder directions; use decoder")
-    candidates = included(other)  # [m] int64
+    check_comparable([a, other], directions)
+    candidates = other.alive_index
     if b is None:
         candidates = candidates[candidates != i]
     if k < 1:
@@ -97,7 +89,7 @@ def feature_neighbours(
         decoder=_pair_cosines(a.decoder[i], other.decoder[index]),
         encoder=(
             _pair_cosines(a.encoder[i], other.encoder[index])
-            if a.has_encoder and other.has_encoder
+            if a.encoder is not None and other.encoder is not None
             else None
         ),
     )

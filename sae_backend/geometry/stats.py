@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cache import ArrayCache, make_key, resolve_cache
+from ..cache import ArrayCache, make_key, through
 from ..errors import InputError
 from .topk import topk_cosine
 
@@ -136,12 +136,9 @@ def random_null(
         b = None if n_b is None else random_unit_rows(n_b, d, rng)
         return {"values": topk_cosine(a, b, k, device=device).values[:, k - 1].copy()}, {}
 
-    store = resolve_cache(cache)
-    if store is None:
-        return compute()[0]["values"]
     nb = None if n_b is None else int(n_b)  # int(): numpy and Python integers, one key
     key = make_key("random_null", n_a=int(n_a), n_b=nb, d=int(d), k=int(k), seed=int(seed))
-    return store.get_or_compute(key, compute)[0]["values"].copy()  # [n_a]: small, writable
+    return through(cache, key, compute)[0]["values"].copy()  # [n_a]: small, writable
 
 
 class BootstrapCI(NamedTuple):

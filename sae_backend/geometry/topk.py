@@ -140,7 +140,7 @@ def topk_cosine(
     self_mode = b is None
     dev = pick_device(device)
     ta = _to_device(a, dev)
-    tb = ta if self_mode else _to_device(b, dev)
+    tb = ta if b is None else _to_device(b, dev)
     if ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
         raise ValueError(f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not share d")
     n_a, n_b = ta.shape[0], tb.shape[0]
@@ -240,7 +240,8 @@ class _Buffers:
     """Reused scratch tensors: fresh large allocations per block cost page faults on CPU."""
 
     def __init__(self, device: torch.device):
-        self.device, self.flat = device, {}
+        self.device = device
+        self.flat: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         n = int(np.prod(shape))
