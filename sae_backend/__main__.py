@@ -1,4 +1,4 @@
-"""`python -m sae_backend`: the CLI (see sae_backend/cli.py)."""
+"""`python -m sae_backend`: the CLI (see sae_backend/cli/)."""
 
 import sys
 
