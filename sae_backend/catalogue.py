@@ -209,7 +209,7 @@ def _build(data: dict[str, Any]) -> Catalogue:
 
     # A run that also sits in a table without published copies (e.g. the alive-count table)
     # is the same SAE: give it the copies of its first entry that has them.
-    copies = {}
+    copies: dict[str, Entry] = {}
     for e in entries:
         if e.hf or e.saelens:
             copies.setdefault(e.run_id, e)

@@ -71,9 +71,11 @@ class MemoryLRU:
                     self._counts["hits"] += 1
                     return self._items[key][0]
                 flight = self._flights.get(key)
-                leader = flight is None
-                if leader:
+                if flight is None:
                     flight = self._flights[key] = _Flight()
+                    leader = True
+                else:
+                    leader = False
             if leader:
                 return self._lead(key, flight, compute)
             flight.done.wait()

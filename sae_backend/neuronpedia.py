@@ -16,6 +16,7 @@ import operator
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import SupportsIndex
 from urllib.parse import quote
 
 from .errors import FormatError, InputError, SourceError
@@ -133,10 +134,9 @@ def _as_index(value: object) -> int:
         if not value.strip().isdecimal():
             raise ValueError(value)
         return int(value.strip())
-    try:
-        index = operator.index(value)
-    except TypeError:
-        raise ValueError(value) from None
+    if not isinstance(value, SupportsIndex):
+        raise ValueError(value)
+    index = operator.index(value)
     if index < 0:
         raise ValueError(value)
     return index

@@ -72,7 +72,7 @@ def parse_uri(uri: str) -> SourceRef:
         except RuntimeError:  # "~name" for a user that does not exist
             raise URIError(f"{quote_source(uri)}: no such home folder") from None
         return SourceRef("local", (str(local),), position)
-    rest = m.group(2)
+    rest = body[len(scheme) + 1 :]
     parser = _PARSERS.get(scheme)
     if parser is None:
         raise URIError(
