@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import URIError
 
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*):(.*)$", re.S)
-_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]+$")  # not "." or "..": names become folders
+_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]{1,128}$")  # not "." or "..": names become folders
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def parse_uri(uri: str) -> SourceRef:
         raise URIError("empty source: give a local path or a wandb:/hf:/saelens: URI")
     uri = uri.strip()
     body, position = uri, None
-    if "#" in uri and not Path(uri).exists():
+    if "#" in uri and not path_exists(uri):
         body, _, position = uri.rpartition("#")
         if not position:
             raise URIError(
@@ -121,6 +121,15 @@ def _parse_saelens(rest: str, uri: str) -> tuple[str, ...]:
             "e.g. saelens:gpt2-small-res_sce-ajt/blocks.6.hook_resid_pre"
         )
     return (release, sae_id)
+
+
+def path_exists(text: str) -> bool:
+    """Whether a local path exists, for input a user typed: a name the file system cannot hold
+    (too long, an embedded NUL) does not exist, rather than raising OSError/ValueError."""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def quote_source(uri: str, limit: int = 120) -> str:

@@ -166,6 +166,16 @@ HOSTILE_URIS = (
     "wandb:a\x00/b/c",
     "x" * 5000,
     "/" + "a/" * 3000 + "ae.pt",
+    # names longer than the file system allows (255 bytes), with '#' (parsed as SRC#POSITION
+    # only when no such path exists: the existence probe raised OSError on these)
+    "A" * 300 + "#x",
+    "/tmp/" + "A" * 300 + "#x",
+    "file:" + "A" * 300 + "#x",
+    "A" * 300 + "/ae.pt#blocks.3",
+    "wandb:" + "e" * 300 + "/p/r",
+    "wandb:" + "e" * 300 + "/p/r#blocks.6",
+    "hf:o/" + "r" * 300 + "#x",
+    "saelens:" + "r" * 300 + "/x",
 )
 """Path-traversal and malformed source strings: each must fail as one SAEError line."""
 

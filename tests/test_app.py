@@ -401,3 +401,21 @@ def test_umap_above_the_limit_shows_a_precomputed_embedding_without_asking(monke
     ok(at)
     toy_b = np.flatnonzero(emb.dict_index == 1)
     assert at.subheader[0].value == f"toy-b · feature {int(emb.feature[toy_b[7]])}"
+
+
+LONG_SOURCE = "A" * 300 + "#x"  # longer than a file name may be, with '#': crashed parse_uri
+
+
+def test_home_an_overlong_source_gives_one_error():
+    at = app("app.py")
+    at.text_input[0].input(LONG_SOURCE)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.error) == 1 and "\n" not in at.error[0].value, [e.value for e in at.error]
+
+
+def test_a_neighbours_link_with_an_overlong_src_gives_one_error_not_a_crash():
+    at = app("pages/2_Neighbours.py", dict="theirs", src=LONG_SOURCE, feature="0")
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.error and all("\n" not in e.value for e in at.error), [e.value for e in at.error]
+    assert "theirs" not in at.session_state["sae_dicts"]
