@@ -92,6 +92,7 @@ class Hosted:
 
     def _check_local(self, text: str, position: str | None) -> str:
         raw = text.split("#", 1)[0] if position is not None else text
+        raw = raw.removeprefix("file:")  # file:/srv/data/x is the plain path /srv/data/x
         shown = quote_source(raw)  # control characters escaped, long input cut
         path = Path(raw)  # no ~ expansion: a visitor has no home folder on this server
         folders = self.data_dirs
@@ -105,12 +106,15 @@ class Hosted:
             path = named[0].parent / path if named else folders[0] / path
         roots = [d.resolve() for d in folders]
         where = ", ".join(str(d) for d in folders)
+        # One answer for a missing path and for one outside the data folders, so a visitor
+        # cannot probe which files exist elsewhere on the server.
+        refused = InputError(f"{shown}: not found in the data folders this server shares ({where})")
         try:
             real = path.resolve(strict=True)
-        except (OSError, RuntimeError):  # missing, or a symlink loop
-            raise InputError(f"{shown}: no such file or folder under the data folders") from None
+        except (OSError, RuntimeError):  # missing, too long a name, or a symlink loop
+            raise refused from None
         if not _inside(real, roots):
-            raise InputError(f"{shown}: outside the data folders this server shares ({where})")
+            raise refused
         if real.is_dir():
             for inner in _files_below(real, levels=3):
                 if not _inside(inner.resolve(), roots):

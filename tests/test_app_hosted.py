@@ -115,12 +115,12 @@ def add(at: AppTest, uri: str, name: str) -> AppTest:
 @pytest.mark.parametrize(
     "uri, needle",
     [
-        ("../secret/private", "outside the data folders this server shares"),
-        ("{secret}/private", "outside the data folders this server shares"),
-        ("/etc/passwd", "outside the data folders this server shares"),
-        ("good/../../secret/private", "outside the data folders this server shares"),
-        ("escape", "outside the data folders this server shares"),
-        ("missing", "no such file or folder under the data folders"),
+        ("../secret/private", "not found in the data folders this server shares"),
+        ("{secret}/private", "not found in the data folders this server shares"),
+        ("/etc/passwd", "not found in the data folders this server shares"),
+        ("good/../../secret/private", "not found in the data folders this server shares"),
+        ("escape", "not found in the data folders this server shares"),
+        ("missing", "not found in the data folders this server shares"),
         ("wandb:sparsify/gpt2/tvj2owza", "wandb: sources are turned off on this server"),
         ("saelens:gpt2-small-res-jb/blocks.6.hook_resid_pre", "saelens: sources are turned off"),
     ],
@@ -208,7 +208,7 @@ def test_a_shared_neighbours_link_loads_the_dictionary_in_a_new_session(server):
 def test_a_link_to_a_source_outside_the_rules_loads_nothing(server):
     at = neighbours_link(dict="x", src=str(server["secret"] / "private"), feature="0")
     errs = errors(at)
-    assert "outside the data folders" in errs[0] and "No dictionary named 'x'" in errs[1], errs
+    assert "not found in the data folders" in errs[0] and "No dictionary named 'x'" in errs[1], errs
     assert "x" not in at.session_state["sae_dicts"]
 
 

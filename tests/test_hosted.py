@@ -221,13 +221,13 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 TRAVERSAL = {
-    "../secret/private": "outside the data folders",
-    "{secret}/private": "outside the data folders",
-    "sae-0/../../secret/private": "outside the data folders",
-    "escape": "outside the data folders",
-    "/etc/passwd": "outside the data folders",
-    "....//....//etc/passwd": "no such file",
-    "%2e%2e/secret/private": "no such file",
+    "../secret/private": "not found in the data folders",
+    "{secret}/private": "not found in the data folders",
+    "sae-0/../../secret/private": "not found in the data folders",
+    "escape": "not found in the data folders",
+    "/etc/passwd": "not found in the data folders",
+    "....//....//etc/passwd": "not found in the data folders",
+    "%2e%2e/secret/private": "not found in the data folders",
     "wandb:sparsify/gpt2/tvj2owza": "wandb: sources are turned off",
     "file:///etc/passwd": "",  # any one-line refusal
 }

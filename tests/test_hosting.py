@@ -53,7 +53,7 @@ def test_escapes_are_refused(tree, uri: str) -> None:
         s.check_source(uri.format(secret=tree["secret"]))
     msg = str(e.value)
     assert "\n" not in msg
-    assert "outside the data folders" in msg or "no such file" in msg
+    assert "not found in the data folders this server shares" in msg
 
 
 def test_symlink_escapes_are_refused(tree) -> None:
@@ -71,7 +71,7 @@ def test_symlink_escapes_are_refused(tree) -> None:
     (nested / "out").symlink_to(secret)
     s = hosted(tree)
     for uri in ("link.pt", "linked_dir", "linked_dir/key.pt"):
-        with pytest.raises(InputError, match="outside the data folders"):
+        with pytest.raises(InputError, match="not found in the data folders"):
             s.check_source(uri)
     for uri, name in (("sneaky", "sae_weights"), ("deep", "cfg.json"), ("nested", "out")):
         with pytest.raises(InputError, match=f"{name}.* links outside the data folders"):
@@ -83,7 +83,7 @@ def test_symlink_escapes_are_refused(tree) -> None:
 
 def test_missing_paths_nul_and_no_data_folder(tree) -> None:
     s = hosted(tree)
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="not found in the data folders"):
         s.check_source("missing.pt")
     with pytest.raises(InputError, match="NUL"):
         s.check_source("w.pt\x00../../etc/passwd")
@@ -289,8 +289,38 @@ def test_what_display_shows_is_accepted_back(tree, tmp_path) -> None:
         assert s.check_source(shown) == str(Path(real.split("#")[0]).resolve()) + (
             "#blocks.3" if "#" in uri else ""
         )
-    with pytest.raises(InputError, match="outside"):
+    with pytest.raises(InputError, match="not found"):
         s.check_source("<upload>/../secret/key.pt")
     (uploads / "out").symlink_to(tree["secret"])
-    with pytest.raises(InputError, match="outside"):
+    with pytest.raises(InputError, match="not found"):
         s.check_source("<upload>/out/key.pt")
+
+
+def test_refusals_do_not_tell_whether_a_path_exists_elsewhere(tree) -> None:
+    """An existing file outside the data folders and a missing one get the same words (only
+    the quoted input differs), so the URI box cannot probe the server's file system."""
+    s = hosted(tree)
+    secret = tree["secret"] / "key.pt"
+    assert secret.is_file()
+    messages = []
+    for uri in (
+        str(secret),
+        str(secret.with_name("no-such-file.pt")),
+        "/etc/passwd",
+        "/etc/no-such-file",
+        "../secret/key.pt",
+        "../secret/nothing.pt",
+    ):
+        with pytest.raises(InputError) as e:
+            s.check_source(uri)
+        messages.append(str(e.value).replace(repr(uri), "SRC"))
+    assert len(set(messages)) == 1, messages
+
+
+def test_file_scheme_inside_the_data_folder_loads_like_the_plain_path(tree) -> None:
+    s = hosted(tree)
+    plain = str(tree["data"] / "w.pt")
+    assert s.check_source("file:" + plain) == s.check_source(plain) == str(Path(plain).resolve())
+    assert s.check_source(f"file:{plain}#blocks.3") == str(Path(plain).resolve()) + "#blocks.3"
+    with pytest.raises(InputError, match="not found in the data folders"):
+        s.check_source("file:" + str(tree["secret"] / "key.pt"))
