@@ -7,6 +7,8 @@ reference of the normalised rows.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -498,6 +500,41 @@ def test_sparsify_run_folder_and_expansion_factor(tmp_path: Path) -> None:
     assert load(f"{tmp_path / 'run'}#layers.3").meta.layer == 3
     with pytest.raises(FormatError, match=r"W_dec has shape \[10, 6\], expected \[12, 6\]"):
         load(str(tmp_path / "run"), position="layers.5")
+
+
+def test_sparsify_multi_seed_run(tmp_path: Path) -> None:
+    """sparsify with init_seeds=[0, 1] names each SAE `hookpoint/seedN` and saves it in
+    run/layers.6.mlp/seed0/ and .../seed1/: every way of pointing at them loads with hook
+    layers.6.mlp (not null, not 'seed1'), and a folder of several lists them."""
+    p, q = planted(), planted(seed=5)
+    run = tmp_path / "seeds"
+    write_sparsify(run / "layers.6.mlp" / "seed0", p.decoder, p.encoder)
+    write_sparsify(run / "layers.6.mlp" / "seed1", q.decoder, q.encoder)
+    (run / "config.json").write_text(json.dumps({"model": "EleutherAI/pythia-70m"}))
+    for folder, prefix in (
+        (run, "layers.6.mlp/"),
+        (run / "layers.6.mlp", ""),
+        (tmp_path, "seeds/layers.6.mlp/"),
+    ):  # the run, its hook, above it
+        listing = f"holds 2 SAEs ({prefix}seed0, {prefix}seed1); pick one with SRC#POSITION"
+        with pytest.raises(FormatError, match=re.escape(listing)):
+            load(str(folder))
+    ways = {
+        f"{run}#layers.6.mlp/seed1": q,
+        f"{run}#layers-6-mlp/seed1": q,
+        f"{run / 'layers.6.mlp'}#seed1": q,
+        str(run / "layers.6.mlp" / "seed0"): p,
+        f"{tmp_path}#seeds/layers.6.mlp/seed0": p,
+    }
+    for uri, planted_sae in ways.items():
+        d = load(uri)
+        assert d.meta.format == "sparsify", uri
+        assert (d.meta.hook, d.meta.layer) == ("layers.6.mlp", 6), uri
+        assert d.meta.extra["seed"] == (1 if planted_sae is q else 0), uri
+        assert d.meta.model_name == "EleutherAI/pythia-70m", uri
+        np.testing.assert_allclose(d.decoder, unit_rows(planted_sae.decoder)[0], atol=ATOL)
+    with pytest.raises(FormatError, match=r"no SAE for position 'layers.7'; available: layers"):
+        load(f"{run}#layers.7")
 
 
 def test_dictionary_learning_checkpoint_without_config_uses_path(tmp_path: Path) -> None:

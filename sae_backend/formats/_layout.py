@@ -7,6 +7,7 @@ choices when there are several, and read layers from hook names and paths.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,9 +29,35 @@ def layer_from(text: str | None) -> int | None:
     return int(found[-1]) if found else None
 
 
+# A folder of several SAEs is searched this deep: run/hook/seedN (sparsify with init_seeds),
+# or release/hook; and at most this many entries, so pointing at a big folder stays cheap.
+_SEARCH_DEPTH = 3
+_SEARCH_ENTRIES = 5000
+_SEED = re.compile(r"^seed\d+$")
+
+
+def sae_folders(folder: Path, marker: str) -> list[str]:
+    """The subfolders of `folder` (relative, '/'-separated, sorted) that hold `marker`, up to
+    `_SEARCH_DEPTH` levels down: one per SAE of a run. A folder that holds `marker` is not
+    searched further; hidden folders (downloads in progress) are skipped."""
+    found: list[str] = []
+    seen = 0
+    for root, dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        seen += len(dirs) + len(files)
+        if rel.parts and marker in files:
+            found.append(rel.as_posix())
+            dirs.clear()
+            continue
+        dirs[:] = [] if len(rel.parts) >= _SEARCH_DEPTH else [d for d in dirs if d[:1] != "."]
+        if seen > _SEARCH_ENTRIES:
+            break
+    return sorted(found)
+
+
 def holds(folder: Path, marker: str) -> bool:
-    """Whether `folder` holds `marker`, itself or in a subfolder (one SAE per subfolder)."""
-    return (folder / marker).is_file() or any((p / marker).is_file() for p in folder.iterdir())
+    """Whether `folder` holds `marker`, itself or in subfolders (one SAE per subfolder)."""
+    return (folder / marker).is_file() or bool(sae_folders(folder, marker))
 
 
 def detect_weights(path: Path, marker: str, keys: set[str]) -> bool:
@@ -54,21 +81,26 @@ def weights_file(path: Path, marker: str, position: str | None) -> tuple[Path, P
 def pick_subfolder(path: Path, marker: str, position: str | None) -> tuple[Path, str | None]:
     """Resolve a folder holding one SAE per subfolder (each with `marker`) to one of them.
 
-    Returns (folder holding `marker`, chosen subfolder name or None). `position` matches a
-    subfolder name with dots and hyphens treated alike; without it, several choices raise
-    listing them and how to pick one (SRC#POSITION).
+    Returns (folder holding `marker`, chosen subfolder relative to `path`, or None).
+    `position` names a subfolder with dots and hyphens treated alike (`layers.6.mlp/seed1`);
+    a position that is a folder of several SAEs (`layers.6.mlp` with seed0, seed1) picks its
+    only one or lists them. Without a position, several choices raise listing them and how to
+    pick one (SRC#POSITION).
     """
     if (path / marker).is_file():
         return path, None
-    subs = sorted(p.name for p in path.iterdir() if (p / marker).is_file())
+    subs = sae_folders(path, marker)
     if not subs:
         raise fail(path, f"no {marker} here or in any subfolder")
     if position is not None:
-        norm = position_key(position)
-        for s in subs:
-            if position_key(s) == norm:
-                return path / s, s
-        raise fail(path, f"no SAE for position {position!r}; available: {list_names(subs, 20)}")
+        norm = position_key(position).strip("/")
+        exact = [s for s in subs if position_key(s) == norm]
+        under = exact or [s for s in subs if position_key(s).startswith(norm + "/")]
+        if len(under) == 1:
+            return path / under[0], under[0]
+        if not under:
+            raise fail(path, f"no SAE for position {position!r}; available: {list_names(subs, 20)}")
+        subs = under
     if len(subs) == 1:
         return path / subs[0], subs[0]
     raise fail(
@@ -76,6 +108,14 @@ def pick_subfolder(path: Path, marker: str, position: str | None) -> tuple[Path,
         f"holds {len(subs)} SAEs ({list_names(subs, 20)}); pick one with SRC#POSITION, "
         f"e.g. {path}#{subs[0]}",
     )
+
+
+def hook_folder(weights_folder: Path) -> tuple[Path, int | None]:
+    """(the folder named after the hook, the seed or None) for an SAE's weights folder: a run
+    trained with several seeds keeps each in hook/seedN (sparsify's `init_seeds`)."""
+    if _SEED.match(weights_folder.name):
+        return weights_folder.parent, int(weights_folder.name[4:])
+    return weights_folder, None
 
 
 def position_key(position: str) -> str:

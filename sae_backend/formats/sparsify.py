@@ -18,7 +18,7 @@ import numpy as np
 from ..dictionary import RawSAE
 from ..errors import FormatError
 from ._checks import bias_length, config_int, feature_rows, json_safe, matrix, require_keys
-from ._layout import detect_weights, layer_from, weights_file
+from ._layout import detect_weights, hook_folder, layer_from, weights_file
 from ._safe_io import load_safetensors, read_json, safetensors_header
 from .base import LoadOptions
 
@@ -86,6 +86,21 @@ def _why(d_in: int | None, d: int | None, n: int | None) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _hook(folder: Path, chosen: str | None) -> tuple[str | None, int | None]:
+    """The hookpoint and seed of the SAE in `folder`: sparsify names each SAE by its hookpoint
+    (`layers.6.mlp`) and, when a run trains several seeds, by `hookpoint/seedN`; the folder
+    layout follows the name. A folder not named like a hook gives no hook, unless chosen."""
+    named, seed = hook_folder(folder)
+    parts = [p for p in (chosen or "").split("/") if p and not _is_seed(p)]
+    if parts:
+        return parts[-1], seed
+    return (named.name if layer_from(named.name) is not None else None), seed
+
+
+def _is_seed(name: str) -> bool:
+    return hook_folder(Path(name))[1] is not None
+
+
 def _meta(
     cfg: dict[str, Any],
     folder: Path,
@@ -93,8 +108,8 @@ def _meta(
     dec: np.ndarray,
     header: dict[str, tuple[list[int], str]],
 ) -> dict[str, Any]:
-    hook = chosen or (folder.name if layer_from(folder.name) is not None else None)
-    run_cfg_path = folder.parent / RUN_CONFIG
+    hook, seed = _hook(folder, chosen)
+    run_cfg_path = hook_folder(folder)[0].parent / RUN_CONFIG
     model = None
     if run_cfg_path.is_file():
         try:  # optional metadata: an unrelated or broken config.json up there is no reason to fail
@@ -105,6 +120,7 @@ def _meta(
         "model_name": model if isinstance(model, str) else None,
         "hook": hook,
         "layer": layer_from(hook),
+        "seed": seed,
         "architecture": cfg.get("activation", "topk") if cfg else None,
         "d_in": int(dec.shape[1]),
         "d_sae": int(dec.shape[0]),
