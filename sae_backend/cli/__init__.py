@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..errors import SAEError
-from . import compare, info, precompute, umap
+from . import absorption, compare, families, frame, info, precompute, umap
 
 
 class Command(Protocol):
@@ -30,7 +30,7 @@ class Command(Protocol):
         ...
 
 
-COMMANDS: tuple[Command, ...] = (info, compare, umap, precompute)
+COMMANDS: tuple[Command, ...] = (info, compare, umap, precompute, families, absorption, frame)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
