@@ -164,7 +164,7 @@ def frame(
         for s in range(0, n, _ROW_BLOCK):
             b = rows[s : s + _ROW_BLOCK].astype(np.float64)
             sq = np.einsum("ij,ij->i", b, b)
-            cap[s : s + len(b)] = sq**2 / np.einsum("ij,jk,ik->i", b, g, b)
+            cap[s : s + len(b)] = sq**2 / np.einsum("ij,ij->i", b @ g, b)  # BLAS, not einsum
         eig = np.linalg.eigvalsh(g)[::-1][: min(n, dm)]
         sv = np.sqrt(np.maximum(eig, 0.0))
         coh, partner = _max_abs_cos(d, device, cache)
