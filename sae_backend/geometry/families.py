@@ -3,8 +3,9 @@
 A ladder is a list of dictionaries at one hook, narrowest first. Between each neighbouring
 pair (level l: dictionary l -> dictionary l + 1), every alive feature of the wider dictionary
 takes as parent the alive feature of the narrower one whose decoder direction is nearest
-(largest cosine), kept if that cosine is at least tau ("tree" mode). In "dag" mode it takes
-every narrower feature with cosine >= tau, so a wide feature may have several parents.
+(largest cosine; between equal cosines the lower index), kept if that cosine is at least
+tau ("tree" mode). In "dag" mode it takes every narrower feature with cosine >= tau, so a
+wide feature may have several parents.
 
 Labels, per level: a narrower feature with no child has *vanished*, with one child is
 *stable*, with two or more has *split*; a wider feature with no parent is *novel*. How much
