@@ -2,7 +2,7 @@
 
     streamlit run app.py
 
-Only layout lives here; loading and geometry are `sae_backend`, shared state `dashboard_state`.
+Only layout lives here; loading and geometry are `sae_backend`, what pages share `dashboard`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import dashboard_state as ds
+from dashboard import frame, session, store, uploads
+from dashboard.feedback import hosted, show_error, shown_uri
 from sae_backend import SAEError
 from sae_backend.catalogue import catalogue
 
-ds.page("Dictionaries")
+frame.page("Dictionaries")
 st.title("SAE dictionary geometry")
 st.caption(
     "Load sparse-autoencoder dictionaries, then compare their features on the other pages "
@@ -23,18 +24,17 @@ st.caption(
 
 # --- The table of loaded dictionaries -------------------------------------------------------
 rows = []
-for name, d in ds.dictionaries().items():
+for name, d in store.dictionaries().items():
     try:
         with st.spinner(f"Within-dictionary max cosine of {name} ..."):
-            mmcs = ds.compare_named(d, None).summary().mean
+            mmcs = store.comparison(d, None).summary().mean
     except SAEError as e:  # e.g. fewer than two alive features
-        ds.show_error(e, name)
+        show_error(e, name)
         mmcs = float("nan")
-    uri = ds.entries()[name]["uri"]
     rows.append(
         {
             "name": name,
-            "source": ds.shown_uri(uri),
+            "source": shown_uri(session.entries()[name].uri),
             "features": d.n_features,
             "alive": d.n_alive,
             "d_model": d.d_model,
@@ -55,11 +55,17 @@ else:
 
 # --- Add ------------------------------------------------------------------------------------
 st.subheader("Add a dictionary")
-hosted = ds.settings()
+server = hosted()
 tabs = ["By URI", "From the paper's catalogue"]
-if hosted is None or hosted.uploads:
+if server is None or server.uploads:
     tabs.append("Upload")
 by_uri, from_menu, *upload_tab = st.tabs(tabs)
+ORIENTATIONS = ["", "rows", "columns"]  # "": from the file
+
+
+def orientation_label(o: str) -> str:
+    return o or "from the file"
+
 
 with by_uri:
     with st.form("add_uri"):
@@ -72,14 +78,12 @@ with by_uri:
         name = c1.text_input("Name (short; used in URLs)", placeholder="automatic")
         position = c2.text_input("Position (files with several SAEs)", placeholder="optional")
         orientation = c3.selectbox(
-            "Orientation (plain matrices only)",
-            ["", "rows", "columns"],
-            format_func=lambda o: o or "from the file",
+            "Orientation (plain matrices only)", ORIENTATIONS, format_func=orientation_label
         )
         submitted = st.form_submit_button("Load")
-    if hosted is not None:
-        shared = ", ".join(f"`{d.name}/`" for d in hosted.data_dirs) or "none"
-        remote = ", ".join(f"`{r}:`" for r in sorted(hosted.remote)) or "none"
+    if server is not None:
+        shared = ", ".join(f"`{d.name}/`" for d in server.data_dirs) or "none"
+        remote = ", ".join(f"`{r}:`" for r in sorted(server.remote)) or "none"
         st.caption(
             f"This is a shared server: local paths load from its data folders ({shared}; "
             f"relative paths start in the first); remote sources allowed: {remote}."
@@ -89,13 +93,13 @@ with by_uri:
             st.error("Enter a source: a local path or a wandb:, hf: or saelens: URI.")
         else:
             try:
-                chosen = name.strip() or ds.suggest_name(uri.strip())
+                chosen = name.strip() or session.suggest_name(uri.strip())
                 opts = {"position": position.strip(), "orientation": orientation}
-                ds.add(chosen, uri.strip(), opts)
+                session.add(chosen, uri.strip(), opts)
                 st.success(f"Loaded {chosen}.")
                 st.rerun()
             except SAEError as e:
-                ds.show_error(e)
+                show_error(e)
 
 with from_menu:
     cat = catalogue()
@@ -108,7 +112,7 @@ with from_menu:
     uris = {  # the copies of this SAE that this server lets visitors load
         k: u
         for k, u in (entry.uris() if entry else {}).items()
-        if hosted is None or u.split(":")[0] in hosted.remote
+        if server is None or u.split(":")[0] in server.remote
     }
     if entry is None:
         st.info("The catalogue has no SAE for this combination.")
@@ -121,36 +125,36 @@ with from_menu:
         st.caption(f"W&B run {entry.run_id}. W&B needs an API key (`wandb login`).")
         if st.button("Load from catalogue"):
             try:
-                ds.add(f"L{layer}-{sae_type}-{criterion}", uris[kind])
+                session.add(f"L{layer}-{sae_type}-{criterion}", uris[kind])
                 st.rerun()
             except SAEError as e:
-                ds.show_error(e)
+                show_error(e)
 
 
 def upload_section() -> None:
     """The upload box (hidden on servers that take no uploads)."""
     st.caption(
         f"One checkpoint file, or all files of one SAE folder (e.g. cfg.json + "
-        f"sae_weights.safetensors). At most {ds.upload_limit_mb()} MB. Loaded safely: no code "
-        "in a file is ever run."
+        f"sae_weights.safetensors). At most {uploads.upload_limit_mb()} MB. Loaded safely: no "
+        "code in a file is ever run."
     )
     files = st.file_uploader("Files", accept_multiple_files=True)
     c1, c2 = st.columns(2)
     up_name = c1.text_input("Name", key="upload_name", placeholder="automatic")
     up_orientation = c2.selectbox(
         "Orientation (plain matrices only)",
-        ["", "rows", "columns"],
-        format_func=lambda o: o or "from the file",
+        ORIENTATIONS,
+        format_func=orientation_label,
         key="upload_orientation",
     )
     if files and st.button("Load upload"):
         try:
-            path = ds.save_upload(files)
-            name = up_name.strip() or ds.suggest_name(files[0].name)
-            ds.add(name, path, {"orientation": up_orientation}, upload=True)
+            path = uploads.save_upload(files)
+            name = up_name.strip() or session.suggest_name(files[0].name)
+            session.add(name, path, {"orientation": up_orientation}, upload=True)
             st.rerun()
         except SAEError as e:
-            ds.show_error(e)
+            show_error(e)
 
 
 for tab in upload_tab:
@@ -158,17 +162,17 @@ for tab in upload_tab:
         upload_section()
 
 # --- Rename / remove ------------------------------------------------------------------------
-if ds.entries():
+if session.entries():
     st.subheader("Rename or remove")
     c1, c2, c3, c4 = st.columns([2, 2, 1, 1], vertical_alignment="bottom")
-    target = c1.selectbox("Dictionary", list(ds.entries()))
+    target = c1.selectbox("Dictionary", list(session.entries()))
     new_name = c2.text_input("New name", key="new_name")
     if c3.button("Rename"):
         try:
-            ds.rename(target, new_name)
+            session.rename(target, new_name)
             st.rerun()
         except SAEError as e:
-            ds.show_error(e)
+            show_error(e)
     if c4.button("Remove"):
-        ds.remove(target)
+        session.remove(target)
         st.rerun()

@@ -91,7 +91,7 @@ def main() -> None:
     os.chdir(ROOT)
     from streamlit.testing.v1 import AppTest
 
-    import dashboard_state as ds
+    from dashboard.session import STATE_KEY, Entry
 
     t = time.perf_counter()
     sources = {name: str(tmp / name) for name in NAMES}
@@ -112,7 +112,7 @@ def main() -> None:
         nonlocal components
         at = AppTest.from_file(str(ROOT / PAGE_FILES[page]), default_timeout=3600)
         at._bidi_component_manager = components
-        at.session_state[ds.STATE_KEY] = {n: {"uri": u, "options": {}} for n, u in sources.items()}
+        at.session_state[STATE_KEY] = {n: Entry(u) for n, u in sources.items()}
         at.session_state["umap_approved"] = {umap_default}
         for key, value in query.items():
             at.query_params[key] = value

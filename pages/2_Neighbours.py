@@ -12,22 +12,24 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import dashboard_state as ds
+from dashboard import frame, session, store
+from dashboard.feedback import is_demo, show_error
+from dashboard.text import context_markdown, context_plain, demo_note
 from sae_backend import SAEError
 from sae_backend.geometry.neighbours import check_feature, feature_neighbours
 from sae_backend.geometry.stats import encoder_decoder_cosine
 from sae_backend.neuronpedia import feature_url
 
-ds.page("Neighbours")
+frame.page("Neighbours")
 st.title("Neighbours")
-ds.adopt_from_url()
-dicts = ds.dictionaries_or_stop()
+session.adopt_from_url()
+dicts = store.dictionaries_or_stop()
 names = list(dicts)
 
 
-def go(dict_name: str, feature: int) -> None:
+def open_feature(dict_name: str, feature: int) -> None:
     """Make (dict_name, feature) the current feature: the URL is the single source of truth."""
-    query = {"dict": dict_name, "feature": str(int(feature)), **ds.share_query(dict_name)}
+    query = {"dict": dict_name, "feature": str(int(feature)), **session.share_query(dict_name)}
     st.query_params.from_dict(query)
 
 
@@ -38,11 +40,11 @@ def first_alive(name: str) -> int:
 
 def on_dict() -> None:
     new = st.session_state["nb_dict"]
-    go(new, first_alive(new))
+    open_feature(new, first_alive(new))
 
 
 def on_feature() -> None:
-    go(st.session_state["nb_dict"], st.session_state["nb_feature"])
+    open_feature(st.session_state["nb_dict"], st.session_state["nb_feature"])
 
 
 def step(direction: int) -> None:
@@ -60,13 +62,13 @@ def step(direction: int) -> None:
     else:
         earlier = alive[alive < cur]
         new = int(earlier[-1] if len(earlier) else alive[-1])
-    go(name, new)
+    open_feature(name, new)
 
 
 def on_pick(target: str, key: str) -> None:
     picked = st.session_state.get(key)
     if picked is not None:
-        go(target, picked)
+        open_feature(target, picked)
 
 
 # --- Which feature: from the URL ------------------------------------------------------------
@@ -83,7 +85,7 @@ except SAEError as e:
 st.session_state["nb_dict"] = name
 st.session_state["nb_feature"] = feature
 if bad_feature is None and name == st.query_params.get("dict", name):
-    go(name, feature)  # the address bar always holds a link others can open
+    open_feature(name, feature)  # the address bar always holds a link others can open
 
 c1, c2, c3, c4, c5 = st.columns([2, 2, 1, 1, 1], vertical_alignment="bottom")
 c1.selectbox("Dictionary", names, key="nb_dict", on_change=on_dict)
@@ -105,9 +107,9 @@ small = all(x.n_features <= 4096 for x in dicts.values())
 show_match = c3.checkbox("One-to-one match", value=small, help="optimal matching, once per pair")
 
 if bad_feature is not None:
-    ds.show_error(bad_feature, name)
+    show_error(bad_feature, name)
     st.stop()
-go(name, feature)  # normalise the URL (e.g. a bare /Neighbours gets its feature)
+open_feature(name, feature)  # normalise the URL (e.g. a bare /Neighbours gets its feature)
 
 # --- The feature ----------------------------------------------------------------------------
 st.subheader(f"{name} · feature {feature}")
@@ -120,13 +122,13 @@ if d.has_encoder:
 m4.metric("decoder norm", f"{float(d.decoder_norms[feature]):.3g}")
 if d.meta.neuronpedia_id:
     st.markdown(f"[Open on Neuronpedia]({feature_url(d.meta.neuronpedia_id, feature)})")
-if ds.is_demo(ds.entries()[name]["uri"]):
-    st.caption(ds.demo_note())
-shown = ds.contexts(name).get(feature, [])
+if is_demo(session.entries()[name].uri):
+    st.caption(demo_note())
+shown = store.contexts(name).get(feature, [])
 if shown:
     st.markdown("**Top activating contexts** (firing token in bold; activation)")
     for act, text in shown:
-        st.markdown(f"- `{act:.2f}` {ds.context_markdown(text)}")
+        st.markdown(f"- `{act:.2f}` {context_markdown(text)}")
 
 
 # --- Its neighbours in every dictionary -----------------------------------------------------
@@ -138,7 +140,7 @@ def partner(target: str) -> tuple[int, float] | None:
     if pos >= len(d.alive_index) or d.alive_index[pos] != feature:
         return None  # a dead feature takes no part in the matching
     with st.spinner(f"Matching {name} with {target} one-to-one ..."):
-        m = ds.matching(d, dicts[target], directions)
+        m = store.matching(d, dicts[target], directions)
     j = int(m.b_index[pos])
     return None if j < 0 else (j, float(m.cosine[pos]))
 
@@ -152,7 +154,7 @@ for target in [name] + [n for n in names if n != name]:
                                 directions=directions)  # fmt: skip
         pair = partner(target)
     except SAEError as e:
-        ds.show_error(e, target)
+        show_error(e, target)
         continue
     table = pd.DataFrame(
         {
@@ -167,11 +169,10 @@ for target in [name] + [n for n in names if n != name]:
         st.caption(f"One-to-one match: feature {pair[0]} (cosine {pair[1]:.3f}).")
     if other.density is not None:
         table["density"] = other.density[nb.index]
-    other_ctx = ds.contexts(target)
+    other_ctx = store.contexts(target)
     if other_ctx:
         table["top context"] = [
-            ds.context_plain(other_ctx[int(i)][0][1]) if int(i) in other_ctx else ""
-            for i in nb.index
+            context_plain(other_ctx[int(i)][0][1]) if int(i) in other_ctx else "" for i in nb.index
         ]
     config = {c: st.column_config.NumberColumn(format="%.4f") for c in table.columns[1:4]}
     if other.meta.neuronpedia_id:

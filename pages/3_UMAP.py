@@ -10,24 +10,23 @@ import json
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-import dashboard_state as ds
+from dashboard import charts, frame, store
+from dashboard.feedback import progress_callback, show_error
+from dashboard.text import context_hover, context_markdown
 from sae_backend import SAEError
 from sae_backend.geometry.neighbours import feature_neighbours
 from sae_backend.projection import UMAP_DEFAULTS, umap_embedding
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-
-ds.page("UMAP")
+frame.page("UMAP")
 st.title("UMAP")
 st.caption(
     "A 2-D map (UMAP, cosine metric) of the alive decoder or encoder directions of the chosen "
     "dictionaries, in one embedding. Click a point for its neighbours; drag to zoom; "
     "choose box or lasso select in the chart's toolbar (top right) for a table and downloads."
 )
-dicts = ds.dictionaries_or_stop()
+dicts = store.dictionaries_or_stop()
 names = list(dicts)
 
 c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
@@ -42,7 +41,7 @@ if not chosen:
 
 
 selected_dicts = [dicts[n] for n in chosen]
-n_points = sum(ds.n_included(d) for d in selected_dicts)
+n_points = sum(d.n_alive for d in selected_dicts)
 # Large embeddings wait for a button; once pressed, this session keeps showing that embedding
 # (clicks and selections rerun the page, and the button is False on every rerun after a press).
 wanted = (tuple(chosen), directions, int(n_neighbors), float(min_dist), int(seed))
@@ -60,12 +59,12 @@ def cached() -> bool:
         return False  # the computation below shows the error
 
 
-if n_points > ds.UMAP_AUTO_LIMIT and wanted not in approved and not cached():
+if n_points > store.UMAP_AUTO_LIMIT and wanted not in approved and not cached():
     if not st.button(f"Compute the embedding of {n_points:,} points"):
         st.info(f"{n_points:,} points: computing takes a while (once; then it is cached).")
         st.stop()
     approved.add(wanted)
-bar, update = ds.progress_callback(f"UMAP of {n_points:,} points ...")
+bar, update = progress_callback(f"UMAP of {n_points:,} points ...")
 try:
     # No st.cache_*: the backend caches embeddings on disk (a hit costs one small read), and a
     # cached Streamlit function could not drive the progress bar.
@@ -74,7 +73,7 @@ try:
         min_dist=float(min_dist), seed=int(seed), progress=update,
     )  # fmt: skip
 except SAEError as e:
-    ds.show_error(e)
+    show_error(e)
     st.stop()
 finally:
     bar.empty()
@@ -86,6 +85,7 @@ colour = st.selectbox("Colour by", colour_options)
 
 
 def metric_values() -> np.ndarray:  # [N] float, NaN where unknown
+    """The chosen colour's value at every point: density, or the max cosine of its feature."""
     values = np.full(len(emb), np.nan)
     for k, d in enumerate(selected_dicts):
         sel = emb.dict_index == k
@@ -98,54 +98,22 @@ def metric_values() -> np.ndarray:  # [N] float, NaN where unknown
         if colour.startswith("max cos to "):
             target = dicts[colour.removeprefix("max cos to ")]
             other = None if target is d else target
-        res = ds.compare_named(d, other, directions)
+        res = store.comparison(d, other, directions)
         pos = {int(f): i for i, f in enumerate(res.a_index)}
         values[sel] = [res.max_cos[pos[int(f)]] for f in feats]
     return values
 
 
-ctx = {n: ds.contexts(n) for n in chosen}
+ctx = {n: store.contexts(n) for n in chosen}
 pairs = zip(emb.dict_index, emb.feature, strict=True)
-hover = np.array([ds.context_hover(ctx[chosen[int(k)]], f) for k, f in pairs], dtype=object)
+hover = np.array([context_hover(ctx[chosen[int(k)]], f) for k, f in pairs], dtype=object)
 # hover: [N] the strongest context of each point ('' outside the real demo)
-fig = go.Figure()
-traces: list[np.ndarray] = []  # per trace: [m] positions into the embedding
 try:
-    if colour == "dictionary":
-        for k, name in enumerate(chosen):
-            idx = np.flatnonzero(emb.dict_index == k)
-            traces.append(idx)
-            fig.add_trace(
-                go.Scattergl(x=emb.xy[idx, 0], y=emb.xy[idx, 1], mode="markers", name=name,
-                             marker={"size": 4, "opacity": 0.7, "color": PALETTE[k % len(PALETTE)]},
-                             customdata=np.stack([emb.feature[idx], hover[idx]], 1),
-                             hovertemplate=f"{name} #%{{customdata[0]}}<br>%{{customdata[1]}}"
-                                           "<extra></extra>")
-            )  # fmt: skip
-    else:
-        values = metric_values()
-        idx = np.arange(len(emb))
-        traces.append(idx)
-        labels = np.asarray(chosen)[emb.dict_index]
-        fig.add_trace(
-            go.Scattergl(x=emb.xy[:, 0], y=emb.xy[:, 1], mode="markers",
-                         marker={"size": 4, "color": values, "colorscale": "Viridis",
-                                 "showscale": True, "colorbar": {"title": colour}},
-                         customdata=np.stack([labels, emb.feature, values, hover], 1),
-                         hovertemplate="%{customdata[0]} #%{customdata[1]}: %{customdata[2]:.3f}"
-                                       "<br>%{customdata[3]}<extra></extra>")
-        )  # fmt: skip
+    values = None if colour == "dictionary" else metric_values()
 except SAEError as e:
-    ds.show_error(e)
+    show_error(e)
     st.stop()
-# Drag zooms and a click picks a point: Streamlit ignores clicks while the drag mode is box or
-# lasso select, which the chart's toolbar switches to.
-fig.update_layout(
-    height=650,
-    dragmode="zoom",
-    margin={"t": 20},
-    legend={"itemsizing": "constant"},
-)
+fig, traces = charts.umap_scatter(emb, chosen, hover, values, colour)
 event = st.plotly_chart(
     fig, key="umap", on_select="rerun", selection_mode=("points", "box", "lasso")
 )
@@ -154,6 +122,7 @@ points = event.selection.points if event else []
 picked = np.array(
     sorted({int(traces[p["curve_number"]][p["point_index"]]) for p in points}), dtype=np.int64
 )
+
 
 # --- One point: its neighbours --------------------------------------------------------------
 if len(picked) == 1:
@@ -166,7 +135,7 @@ if len(picked) == 1:
         query_params={"dict": name, "feature": str(feature)},
     )
     for act, text in ctx[name].get(feature, []):
-        st.markdown(f"- `{act:.2f}` {ds.context_markdown(text)}")
+        st.markdown(f"- `{act:.2f}` {context_markdown(text)}")
     nb = feature_neighbours(dicts[name], feature, k=5, directions=directions)
     st.dataframe(
         pd.DataFrame({"neighbour in " + name: nb.index, "cosine": nb.cosine}), hide_index=True
@@ -175,14 +144,7 @@ if len(picked) == 1:
 # --- A selection: table per dictionary and downloads ----------------------------------------
 elif len(picked) > 1:
     st.subheader(f"{len(picked)} selected features")
-    rows = pd.DataFrame(
-        {
-            "RunType": np.asarray(chosen)[emb.dict_index[picked]],
-            "EmbeddingIndex": emb.feature[picked],
-            "X": emb.xy[picked, 0],
-            "Y": emb.xy[picked, 1],
-        }
-    )
+    rows = emb.to_rows(chosen, picked)
     for name, part in rows.groupby("RunType", sort=False):
         st.markdown(f"**{name}**: {len(part)} features")
         st.dataframe(part.drop(columns="RunType"), hide_index=True)
@@ -194,14 +156,7 @@ elif len(picked) > 1:
 
 def embedding_csv() -> str:
     """The whole embedding as RunType,EmbeddingIndex,X,Y; built only when downloaded (large)."""
-    return pd.DataFrame(
-        {
-            "RunType": np.asarray(chosen)[emb.dict_index],
-            "EmbeddingIndex": emb.feature,
-            "X": emb.xy[:, 0],
-            "Y": emb.xy[:, 1],
-        }
-    ).to_csv(index=False)
+    return emb.to_rows(chosen).to_csv(index=False)
 
 
 st.download_button("Whole embedding (CSV)", embedding_csv, "umap_embedding.csv", "text/csv")

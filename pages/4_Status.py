@@ -1,7 +1,7 @@
 """Status: what this server holds and computes, for whoever runs or shares the instance.
 
 Every number comes from the process itself: the disk cache (`sae_backend.cache`), the shared
-in-memory store (`dashboard_state.shared_memory`), and the activity register
+in-memory store (`dashboard.store.shared_memory`), and the activity register
 (`sae_backend.activity`), which counts each computation the cache had to run.
 """
 
@@ -12,28 +12,29 @@ import resource
 import pandas as pd
 import streamlit as st
 
-import dashboard_state as ds
+from dashboard import frame, store
+from dashboard.feedback import hosted
 from sae_backend.activity import ACTIVITY, devices_busy
 from sae_backend.cache import default_cache
 
-ds.page("Status")
+frame.page("Status")
 st.title("Server status")
 if st.button("Refresh"):
     st.rerun()
 
-hosted = ds.settings()
-if hosted is None:
+server = hosted()
+if server is None:
     st.caption("Local mode: no login, any source may be loaded.")
 else:
     st.caption(
-        f"Hosted mode: login `{hosted.auth}`; {len(hosted.data_dirs)} data folder(s); remote "
-        f"sources: {', '.join(sorted(hosted.remote)) or 'none'}; uploads "
-        f"{'on' if hosted.uploads else 'off'}."
+        f"Hosted mode: login `{server.auth}`; {len(server.data_dirs)} data folder(s); remote "
+        f"sources: {', '.join(sorted(server.remote)) or 'none'}; uploads "
+        f"{'on' if server.uploads else 'off'}."
     )
 
 MB = 2**20
 disk = default_cache()
-mem = ds.shared_memory().stats()
+mem = store.shared_memory().stats()
 snap = ACTIVITY.snapshot()
 runs = snap.runs
 peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB

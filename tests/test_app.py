@@ -18,7 +18,7 @@ import pytest
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 
-import dashboard_state
+from dashboard import store
 from sae_backend import load
 from sae_backend.demo import demo_sources, toy_matrices
 from sae_backend.projection import umap_embedding
@@ -74,6 +74,33 @@ def max_cos(ref, a, b=None):
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_with_the_demo(page):
     ok(app(page))
+
+
+def test_rename_and_add_share_one_name_rule(ref, tmp_path):
+    at = app("app.py")
+    taken = "the name 'toy-b' is taken; remove it first or choose another"
+    bad = (
+        "name 'no spaces': use 1-40 letters, digits, '.', '_' or '-', starting with a letter "
+        "or digit"
+    )
+    for new_name, message in (("toy-b", taken), ("no spaces", bad)):
+        at.text_input(key="new_name").input(new_name)
+        at = button(at, "Rename").click().run()
+        assert not at.exception and [e.value for e in at.error] == [message]
+    folder = write_saelens(
+        tmp_path / "sae", np.random.default_rng(2).standard_normal((20, 64)), None
+    )
+    for new_name, message in (("toy-b", taken), ("no spaces", bad)):
+        at = add_by_uri(at, str(folder), new_name)
+        assert not at.exception and [e.value for e in at.error] == [message]
+    assert list(at.dataframe[0].value["name"]) == ["toy-a", "toy-b", "toy-a-seed2"]
+    # a good new name keeps the dictionary, its place and its numbers
+    at.text_input(key="new_name").input("mine")
+    at = button(at, "Rename").click().run()
+    ok(at)
+    table = at.dataframe[0].value.set_index("name")
+    assert list(table.index) == ["mine", "toy-b", "toy-a-seed2"]
+    assert table.loc["mine", "within MMCS"] == pytest.approx(max_cos(ref, "toy-a").mean(), abs=1e-5)
 
 
 def test_home_table_matches_float64(ref):
@@ -272,7 +299,7 @@ def test_similarity_heatmap_cell_opens_its_comparison(ref):
 
 def test_umap_point_and_region_selection(ref, monkeypatch):
     # Above the limit the embedding waits for a button, and stays shown after the press.
-    monkeypatch.setattr(dashboard_state, "UMAP_AUTO_LIMIT", 1000)
+    monkeypatch.setattr(store, "UMAP_AUTO_LIMIT", 1000)
     # Through the home page, as in the app: the page's link to Neighbours is relative to it.
     at = app("app.py").switch_page("pages/3_UMAP.py").run()
     ok(at)
@@ -389,7 +416,7 @@ def test_a_neighbours_link_with_src_loads_a_dictionary_the_session_lacks(tmp_pat
 def test_umap_above_the_limit_shows_a_precomputed_embedding_without_asking(monkeypatch):
     """After `precompute` (here: the same call it makes), a new session sees the embedding at
     once, without the button that guards long computations."""
-    monkeypatch.setattr(dashboard_state, "UMAP_AUTO_LIMIT", 1000)
+    monkeypatch.setattr(store, "UMAP_AUTO_LIMIT", 1000)
     demo = demo_sources()
     emb = umap_embedding([load(demo["toy-a"]), load(demo["toy-b"])])
     at = app("app.py").switch_page("pages/3_UMAP.py").run()

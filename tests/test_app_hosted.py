@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import dashboard_state
 import sae_backend.hosting as hosting
+from dashboard import store, uploads
 from tests.factories import unit_rows, write_saelens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +39,9 @@ def server(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("SAE_HOSTED", str(settings))
     monkeypatch.setenv("SAE_DEMO", "toy")
-    dashboard_state.shared_memory.clear()  # a fresh store with this server's budget
+    store.shared_memory.clear()  # a fresh store with this server's budget
     yield {"settings": settings, "data": data, "secret": secret, "dec": dec, "root": tmp_path}
-    dashboard_state.shared_memory.clear()
+    store.shared_memory.clear()
 
 
 def app(path: str = "app.py", password: str | None = PASSWORD) -> AppTest:
@@ -216,13 +216,13 @@ def test_day_old_uploads_are_removed_and_a_reupload_keeps_its_folder(server):
     from types import SimpleNamespace
 
     f = SimpleNamespace(name="w.pt", getvalue=lambda: b"weights")
-    folder = Path(dashboard_state.save_upload([f])).parent
+    folder = Path(uploads.save_upload([f])).parent
     assert folder.parent == server["root"] / "uploads"
     stale = folder.parent / "0123456789abcdef"
     stale.mkdir()
     two_days_ago = time.time() - 2 * 24 * 3600
     for old in (folder, stale):
         os.utime(old, (two_days_ago, two_days_ago))
-    again = Path(dashboard_state.save_upload([f]))
+    again = Path(uploads.save_upload([f]))
     assert again.read_bytes() == b"weights" and again.parent == folder  # used again: kept
     assert not stale.exists()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import dashboard_state as ds
+from dashboard.text import context_hover, context_markdown, context_plain
 from sae_backend import compare, load
 from sae_backend.demo import DEMO_DATA, demo_contexts, demo_manifest, demo_sources
 from sae_backend.geometry.stats import random_null
@@ -93,12 +93,12 @@ def test_recorded_quality(manifest):
 
 def test_context_rendering():
     text = "a *b* [[ c_d]] e"
-    assert ds.context_plain(text) == "a *b* « c_d» e"
+    assert context_plain(text) == "a *b* « c_d» e"
     # Markdown bold cannot start with a space: the token's space stays outside the markers
-    assert ds.context_markdown(text) == r"a \*b\*  **c\_d** e"
-    assert ds.context_markdown("x[[\n]]y") == "x**⏎**y"
-    assert ds.context_hover({3: [(1.0, "x<y [[z]]")]}, 3) == "x&lt;y «z»"
-    assert ds.context_hover({}, 3) == ""
+    assert context_markdown(text) == r"a \*b\*  **c\_d** e"
+    assert context_markdown("x[[\n]]y") == "x**⏎**y"
+    assert context_hover({3: [(1.0, "x<y [[z]]")]}, 3) == "x&lt;y «z»"
+    assert context_hover({}, 3) == ""
 
 
 @pytest.mark.parametrize("page", ["app.py", "pages/1_Similarity.py"])
@@ -119,12 +119,10 @@ def test_neighbours_page_shows_the_contexts(monkeypatch):
     assert not at.exception and not at.error
     shown = [m.value for m in at.markdown]
     for act, text in demo_contexts("x2-s1")[feature]:
-        assert f"- `{act:.2f}` {ds.context_markdown(text)}" in shown
+        assert f"- `{act:.2f}` {context_markdown(text)}" in shown
     within = at.dataframe[0].value  # neighbours within x2-s1 carry their own top context
     ctx = demo_contexts("x2-s1")
-    expect = [
-        ds.context_plain(ctx[int(i)][0][1]) if int(i) in ctx else "" for i in within["feature"]
-    ]
+    expect = [context_plain(ctx[int(i)][0][1]) if int(i) in ctx else "" for i in within["feature"]]
     assert list(within["top context"]) == expect
 
 
@@ -137,7 +135,7 @@ def test_umap_hover_shows_the_strongest_context(monkeypatch):
     assert name == "x2-s0" and "customdata[1]" in trace["hovertemplate"]
     ctx = demo_contexts(name)
     for feature, hover in trace["customdata"][:50]:
-        assert hover == ds.context_hover(ctx, feature) != ""
+        assert hover == context_hover(ctx, feature) != ""
 
 
 @pytest.mark.skipif(

@@ -62,7 +62,7 @@ def saes(tmp_path):
 
 def page_calls(dicts: dict[str, Dictionary]) -> int:
     """Every call the pages make for these loaded dictionaries (names in list order), with the
-    arguments dashboard_state.py and pages/*.py pass; returns the number of cached calls."""
+    arguments dashboard/*.py and pages/*.py pass; returns the number of cached calls."""
     names, n = list(dicts), 0
     for dirs in DIRS:
         usable = [x for x in names if dirs == "decoder" or dicts[x].has_encoder]
@@ -108,7 +108,7 @@ def test_cli_precompute_leaves_the_pages_nothing_to_compute(saes, capsys):
 
     store = default_cache()  # the process-wide cache the pages use
     before = store.stats
-    dicts = {n: load(p) for n, p in paths.items()}  # as dashboard_state loads: load(uri)
+    dicts = {n: load(p) for n, p in paths.items()}  # as dashboard.store loads: load(uri)
     calls = page_calls(dicts)
     after = store.stats
     assert after.misses == before.misses and after.failures == before.failures
@@ -175,7 +175,8 @@ def test_the_pages_call_what_precompute_fills():
             "only_cached",
         },
     }
-    files = [ROOT / "dashboard_state.py", ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
+    files = [*sorted((ROOT / "dashboard").glob("*.py")), ROOT / "app.py"]
+    files += sorted((ROOT / "pages").glob("*.py"))
     found = set()
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):

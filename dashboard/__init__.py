@@ -1,0 +1,13 @@
+"""The dashboard's UI layer: what the Streamlit pages (app.py, pages/*.py) share.
+
+This package imports streamlit; `sae_backend` never does. Pages lay out widgets and call into
+it; every number comes from `sae_backend`. One module per concern:
+
+    frame    page(title): page config, login gate, demo seeding, sidebar and navigation
+    auth     the password and OIDC gates; the W&B key from the app's secrets
+    feedback which server this is (hosted or local); errors, progress and sources as shown
+    session  the session's named dictionaries (Entry), name rules, share links, uploads
+    store    the one shared in-memory store: dictionaries and results for every session
+    text     pure text: the demo note, context windows, size limits
+    charts   pure plotly figures: similarity histogram, MMCS heatmap, UMAP scatter
+"""

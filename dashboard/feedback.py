@@ -1,0 +1,67 @@
+"""Which server this is, and the one way each page shows a visitor an error, progress or a source.
+
+Everything here depends only on the hosted settings (`$SAE_HOSTED`, or none on a laptop), so
+the session and store modules can use it without importing the page frame. On a hosted
+instance messages and sources never show the server's private folders or secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NoReturn
+
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from sae_backend import SAEError
+from sae_backend.demo import demo_sources
+from sae_backend.hosting import Hosted, hosted_settings
+
+# The backend's progress hooks: (done, total) for computations, (done, total or None, what)
+# for downloads; one callback serves both.
+Progress = Callable[..., None]
+
+
+def hosted() -> Hosted | None:
+    """The hosted settings ($SAE_HOSTED), or None on a laptop; a broken file stops the page."""
+    try:
+        return hosted_settings()
+    except SAEError as e:
+        _stop(f"This server is misconfigured: {e}")
+
+
+def _stop(message: str) -> NoReturn:
+    st.error(message)
+    st.stop()
+
+
+def is_demo(uri: str) -> bool:
+    """Whether `uri` is one of the bundled demo's sources (every session starts with them)."""
+    return uri in demo_sources().values()
+
+
+def shown_uri(uri: str) -> str:
+    """A source as visitors see it: the demo by name, on a hosted instance no server paths."""
+    if is_demo(uri):
+        return "bundled demo"
+    server = hosted()
+    return server.display(uri) if server is not None else uri
+
+
+def show_error(err: SAEError, what: str = "") -> None:
+    """One st.error line for an expected problem (never a traceback); on a hosted instance
+    without the server's private folders and secrets."""
+    text = f"{what}: {err}" if what else str(err)
+    server = hosted()
+    st.error(server.redact(text) if server is not None else text)
+
+
+def progress_callback(text: str) -> tuple[DeltaGenerator, Progress]:
+    """(st.progress bar, callback(done, total, ...)) for the backend's progress hooks; the
+    caller empties the bar when the work is done."""
+    bar = st.progress(0.0, text=text)
+
+    def update(done: int, total: int | None, *_: object) -> None:
+        bar.progress(min(1.0, done / total) if total else 1.0, text=text)
+
+    return bar, update
