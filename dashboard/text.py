@@ -1,7 +1,7 @@
 """Text the pages show, built without Streamlit (pure functions, unit-tested directly).
 
 Demo contexts mark the firing token as `[[token]]`; Markdown and plain renderings of them live
-here.
+here, as does the wording of size limits, where rounding once made "2.3 MB" read as "2 MB".
 """
 
 from __future__ import annotations
@@ -67,3 +67,17 @@ def context_hover(contexts_of: Contexts, feature: int) -> str:
     """The strongest context of a feature as HTML-escaped hover text ('' if none)."""
     ctx = contexts_of.get(int(feature))
     return html.escape(context_plain(ctx[0][1])) if ctx else ""
+
+
+def too_big(size_bytes: int, limit_mb: int) -> str:
+    """The refusal of an upload over the limit, with the size shown precisely enough to be
+    visibly larger than the limit ("2.3 MB; at most 2 MB", never "2 MB; at most 2 MB").
+
+    The fewest decimals (up to three) that do it; a size that still rounds to the limit at three
+    decimals (under half a kilobyte over it) is given in bytes."""
+    mb = size_bytes / 2**20
+    for decimals in range(4):
+        shown = f"{mb:.{decimals}f}"
+        if float(shown) > limit_mb:
+            return f"the upload is {shown} MB; at most {limit_mb} MB"
+    return f"the upload is {size_bytes:,} bytes; at most {limit_mb * 2**20:,} bytes ({limit_mb} MB)"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dashboard.feedback import hosted
+from dashboard.text import too_big
 from sae_backend.errors import InputError
 
 UPLOAD_LIMIT_MB = 512  # local mode; also server.maxUploadSize in .streamlit/config.toml
@@ -51,7 +52,7 @@ def save_upload(files: Sequence[Upload]) -> str:
     Raises InputError when they are larger than the upload limit, before writing anything."""
     total = sum(len(f.getvalue()) for f in files)
     if total > upload_limit_mb() * 2**20:
-        raise InputError(f"the upload is {total / 2**20:.0f} MB; at most {upload_limit_mb()} MB")
+        raise InputError(too_big(total, upload_limit_mb()))
     root = upload_root()
     remove_old_uploads(root)
     h = hashlib.blake2b(digest_size=8)

@@ -150,6 +150,11 @@ def test_upload_over_the_limit_and_messages_without_server_paths(server):
     at.file_uploader[0].set_value(big).run()
     at = next(b for b in at.button if b.label == "Load upload").click().run()
     assert errors(at) == ["the upload is 2 MB; at most 1 MB"]
+    # 1.3 MB once read "the upload is 1 MB; at most 1 MB"
+    bigger = ("big.npy", b"\0" * int(1.3 * 2**20), "application/octet-stream")
+    at.file_uploader[0].set_value(bigger).run()
+    at = next(b for b in at.button if b.label == "Load upload").click().run()
+    assert errors(at) == ["the upload is 1.3 MB; at most 1 MB"]
     bad = ("w.pt", b"this is not a checkpoint", "application/octet-stream")
     at.file_uploader[0].set_value(bad).run()
     at = next(b for b in at.button if b.label == "Load upload").click().run()
