@@ -110,7 +110,9 @@ def main() -> None:
         """Seconds for one new session (the dictionaries loaded, as after adding them) to run
         `page` once; raises SystemExit on an exception or st.error."""
         nonlocal components
-        at = AppTest.from_file(str(ROOT / PAGE_FILES[page]), default_timeout=3600)
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=3600)
+        if PAGE_FILES[page] != "app.py":  # the main script is app.py, as in the app
+            at.switch_page(PAGE_FILES[page])
         at._bidi_component_manager = components
         at.session_state[STATE_KEY] = {n: Entry(u) for n, u in sources.items()}
         at.session_state["umap_approved"] = {umap_default}

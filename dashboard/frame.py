@@ -1,8 +1,11 @@
 """What every page does first: `page(title)`.
 
 Streamlit runs each page file on its own (a deep link or a new tab starts a fresh session on
-that page), so each page file begins with `frame.page(...)`, before any other Streamlit call:
-page config, the login of a hosted instance, the demo for a fresh session, then the sidebar.
+that page), so each page file begins with `frame.page(...)`, before any other Streamlit call
+(tests/test_pages.py checks this): page config, the login of a hosted instance, the demo for a
+fresh session, then the sidebar. A session that is not logged in sees only the login: the
+sidebar's page links are drawn after the gate. They replace Streamlit's own list of the
+`pages/` folder (hidden in .streamlit/config.toml), which would call the home page "app".
 """
 
 from __future__ import annotations
@@ -14,16 +17,31 @@ from dashboard.feedback import hosted, is_demo, shown_uri
 from dashboard.session import entries, seed_demo
 from dashboard.text import demo_note
 
+# The sidebar's page links: (file relative to app.py, label). Every page file is listed once
+# (tests/test_pages.py); the label is also the page's title in the browser tab.
+PAGES: tuple[tuple[str, str], ...] = (
+    ("app.py", "Dictionaries"),
+    ("pages/1_Similarity.py", "Similarity"),
+    ("pages/2_Neighbours.py", "Neighbours"),
+    ("pages/3_UMAP.py", "UMAP"),
+    ("pages/4_Status.py", "Status"),
+)
+
 
 def page(title: str) -> None:
-    """Page config, the login of a hosted instance, demo on first visit, and the sidebar list
-    of loaded dictionaries."""
+    """Page config, the login of a hosted instance, demo on first visit, and the sidebar:
+    page links and the list of loaded dictionaries."""
     st.set_page_config(page_title=f"SAE geometry · {title}", layout="wide")
+    navigation = st.sidebar.container()  # above the gate's Log out button, filled once admitted
     server = hosted()
     if server is not None:
         auth.gate(server)
     auth.wandb_key_from_secrets()
     seed_demo()
+    with navigation:
+        for path, label in PAGES:
+            st.page_link(path, label=label)
+        st.divider()
     with st.sidebar:
         st.caption("Loaded dictionaries")
         for name, entry in entries().items():

@@ -36,7 +36,11 @@ def toy_demo(monkeypatch):
 
 
 def app(path: str, **query: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / path), default_timeout=TIMEOUT)
+    """`path` as the app serves it: app.py is the main script (the sidebar's page links are
+    relative to it), the page file the one shown, as after following a link to it."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    if path != "app.py":
+        at.switch_page(path)
     for key, value in query.items():
         at.query_params[key] = value
     return at.run()
@@ -74,6 +78,18 @@ def max_cos(ref, a, b=None):
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_with_the_demo(page):
     ok(app(page))
+
+
+def test_sidebar_links_every_page_and_names_the_home_page():
+    at = app("pages/1_Similarity.py")
+    ok(at)
+    links = [(link.proto.label, link.proto.page) for link in at.sidebar.get("page_link")]
+    assert links == [("Dictionaries", ""), ("Similarity", "Similarity"),
+                     ("Neighbours", "Neighbours"), ("UMAP", "UMAP"), ("Status", "Status")]  # fmt: skip
+    assert [m.value for m in at.sidebar.markdown][:3] == [
+        "- **toy-a** · `bundled demo`", "- **toy-b** · `bundled demo`",
+        "- **toy-a-seed2** · `bundled demo`",
+    ]  # fmt: skip
 
 
 def test_rename_and_add_share_one_name_rule(ref, tmp_path):

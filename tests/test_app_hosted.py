@@ -44,10 +44,14 @@ def server(tmp_path, monkeypatch):
     store.shared_memory.clear()
 
 
-def app(path: str = "app.py", password: str | None = PASSWORD) -> AppTest:
-    at = AppTest.from_file(str(ROOT / path), default_timeout=TIMEOUT)
+def app(path: str = "app.py", password: str | None = PASSWORD, **query: str) -> AppTest:
+    """`path` as a new visitor opens it (app.py is the main script, as in the app)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    if path != "app.py":
+        at.switch_page(path)
     if password is not None:
         at.secrets["SAE_PASSWORD"] = password
+    at.query_params.update(query)
     return at.run()
 
 
@@ -71,6 +75,7 @@ def test_every_page_shows_only_the_login_before_the_password(server, page):
     assert errors(at) == []
     assert [t.label for t in at.text_input] == ["Password"]
     assert len(at.dataframe) == 0 and len(at.get("plotly_chart")) == 0
+    assert not at.get("page_link") and not at.sidebar.markdown  # no pages, no dictionaries
     assert "sae_dicts" not in at.session_state  # nothing loaded for a stranger
 
 
@@ -183,11 +188,7 @@ def test_status_page_reports_memory_within_the_budget(server):
 
 
 def neighbours_link(**query: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages/2_Neighbours.py"), default_timeout=TIMEOUT)
-    at.secrets["SAE_PASSWORD"] = PASSWORD
-    for key, value in query.items():
-        at.query_params[key] = value
-    return log_in(at.run())
+    return log_in(app("pages/2_Neighbours.py", **query))
 
 
 def test_a_shared_neighbours_link_loads_the_dictionary_in_a_new_session(server):

@@ -79,6 +79,26 @@ def test_page_opens_without_exception(server, page, name):
     assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == titles[name]
 
 
+def test_sidebar_links_name_the_home_page_and_open_the_pages(server, page):
+    page.goto(f"{server}/Neighbours?dict=toy-b&feature=17")
+    wait_rendered(page)
+    links = page.locator('[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')
+    assert [t.strip() for t in links.all_inner_texts()] == [
+        "Dictionaries", "Similarity", "Neighbours", "UMAP", "Status"
+    ]  # fmt: skip
+    assert page.locator('[data-testid="stSidebarNav"]').count() == 0  # Streamlit's own list
+    links.nth(1).click()
+    page.wait_for_url(re.compile(r"/Similarity$"), timeout=30_000)
+    wait_rendered(page)
+    links.nth(0).click()
+    page.wait_for_url(re.compile(r":\d+/$"), timeout=30_000)
+    wait_rendered(page)
+    assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == (
+        "SAE dictionary geometry"
+    )
+    assert_no_exception(page)
+
+
 def test_deep_link_then_click_a_neighbour(server, page):
     page.goto(f"{server}/Neighbours?dict=toy-b&feature=17")
     wait_rendered(page)

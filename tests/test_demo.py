@@ -101,10 +101,16 @@ def test_context_rendering():
     assert context_hover({}, 3) == ""
 
 
+def page_test(page: str, timeout: float) -> AppTest:
+    """`page` as the app serves it: app.py is the main script (page links are relative to it)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    return at if page == "app.py" else at.switch_page(page)
+
+
 @pytest.mark.parametrize("page", ["app.py", "pages/1_Similarity.py"])
 def test_other_pages_render_with_the_real_demo(monkeypatch, page):
     monkeypatch.delenv("SAE_DEMO", raising=False)
-    at = AppTest.from_file(str(ROOT / page), default_timeout=120).run()
+    at = page_test(page, 120).run()
     assert not at.exception and not at.error
     assert any("SmolLM2-135M-Instruct" in c.value for c in at.sidebar.caption)
 
@@ -112,7 +118,7 @@ def test_other_pages_render_with_the_real_demo(monkeypatch, page):
 def test_neighbours_page_shows_the_contexts(monkeypatch):
     monkeypatch.delenv("SAE_DEMO", raising=False)
     feature = min(demo_contexts("x2-s1"))
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Neighbours.py"), default_timeout=120)
+    at = page_test("pages/2_Neighbours.py", 120)
     at.query_params["dict"] = "x2-s1"
     at.query_params["feature"] = str(feature)
     at.run()
@@ -128,7 +134,7 @@ def test_neighbours_page_shows_the_contexts(monkeypatch):
 
 def test_umap_hover_shows_the_strongest_context(monkeypatch):
     monkeypatch.delenv("SAE_DEMO", raising=False)
-    at = AppTest.from_file(str(ROOT / "pages" / "3_UMAP.py"), default_timeout=300).run()
+    at = page_test("pages/3_UMAP.py", 300).run()
     assert not at.exception and not at.error
     trace = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
     name = trace["name"]

@@ -50,6 +50,7 @@ BUDGET_MB = 2
 TIMEOUT = 180_000  # ms; 12 sessions share this machine's 2 cores
 ERROR = '[data-testid="stAlertContentError"]'
 EXCEPTION = '[data-testid="stException"]'
+LINKS = '[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]'  # dashboard.frame.PAGES
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,9 @@ async def settled(page) -> None:
 
 async def log_in(page, url: str) -> None:
     await page.goto(url)
+    await page.locator("input[type=password]").wait_for(timeout=TIMEOUT)
+    # a stranger sees the login only: no page links, no list of pages
+    assert await page.locator(f"{LINKS}, [data-testid='stSidebarNav']").count() == 0
     await page.locator("input[type=password]").fill(PASSWORD)
     await page.get_by_role("button", name="Enter").click()
     await page.get_by_role("heading", name="Loaded dictionaries").wait_for(timeout=TIMEOUT)
@@ -134,7 +138,7 @@ async def refused(page, click) -> list[str]:
 
 async def open_page(page, link: str, heading: str) -> None:
     """Follow a sidebar link (the session, and its login, stay; a new URL would start afresh)."""
-    await page.locator('[data-testid="stSidebarNav"] a', has_text=link).click()
+    await page.locator(LINKS, has_text=link).click()
     await page.get_by_role("heading", name=heading).first.wait_for(timeout=TIMEOUT)
     await settled(page)
 
