@@ -24,6 +24,8 @@ from tests.browser_support import (
     wait_rendered,
 )
 
+pytestmark = pytest.mark.browser
+
 PAGES = {"home": "/", "similarity": "/Similarity", "neighbours": "/Neighbours", "umap": "/UMAP",
          "status": "/Status"}  # fmt: skip
 

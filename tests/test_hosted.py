@@ -43,6 +43,7 @@ async_api = pytest.importorskip("playwright.async_api", reason="playwright is no
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
+pytestmark = pytest.mark.browser  # the whole module shares one server that browsers visit
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "a shared secret for tests"
 SESSIONS = 12
