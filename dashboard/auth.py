@@ -1,7 +1,8 @@
 """Who may use a hosted instance (its `auth` setting), and the app's W&B key.
 
 `gate` draws the login (or the refusal) and stops the page for a session that may not see it;
-the frame calls it before it draws anything else, navigation included.
+the frame calls it before it draws anything else, sidebar included, and puts `log_out_button`
+in the sidebar once the session is in.
 Modes: "password" (one shared secret, SAE_PASSWORD), "oidc" (st.login, optionally limited to
 some e-mail addresses), "proxy" (a reverse proxy in front authenticates), "none" (open).
 """
@@ -39,19 +40,25 @@ def _has_auth_section() -> bool:
 
 
 def gate(server: Hosted) -> None:
-    """Stop the page unless this session may see it; once admitted, a Log out button."""
+    """Stop the page, showing the login or the refusal, unless this session may see it."""
     if server.auth == "password":
         _password_gate()
     elif server.auth == "oidc":
         _oidc_gate(server)
 
 
+def log_out_button(server: Hosted) -> None:
+    """A Log out button for a logged-in session (none where the server has no login)."""
+    if server.auth == "password":
+        if st.button("Log out"):
+            st.session_state.clear()
+            st.rerun()
+    elif server.auth == "oidc":
+        st.button("Log out", on_click=st.logout)
+
+
 def _password_gate() -> None:
     if st.session_state.get(_AUTHENTICATED):
-        with st.sidebar:
-            if st.button("Log out"):
-                st.session_state.clear()
-                st.rerun()
         return
     expected = _secret(PASSWORD_SECRET)
     st.title(TITLE)
@@ -84,8 +91,6 @@ def _oidc_gate(server: Hosted) -> None:
         st.error(f"{email or 'This account'} may not use this server.")
         st.button("Log out", on_click=st.logout)
         st.stop()
-    with st.sidebar:
-        st.button("Log out", on_click=st.logout)
 
 
 def wandb_key_from_secrets() -> None:

@@ -32,17 +32,17 @@ def page(title: str) -> None:
     """Page config, the login of a hosted instance, demo on first visit, and the sidebar:
     page links and the list of loaded dictionaries."""
     st.set_page_config(page_title=f"SAE geometry · {title}", layout="wide")
-    navigation = st.sidebar.container()  # above the gate's Log out button, filled once admitted
     server = hosted()
     if server is not None:
-        auth.gate(server)
+        auth.gate(server)  # a stranger's page stops here: no sidebar at all
     auth.wandb_key_from_secrets()
     seed_demo()
-    with navigation:
+    with st.sidebar:
         for path, label in PAGES:
             st.page_link(path, label=label)
         st.divider()
-    with st.sidebar:
+        if server is not None:
+            auth.log_out_button(server)
         st.caption("Loaded dictionaries")
         for name, entry in entries().items():
             st.markdown(f"- **{name}** · `{_short(shown_uri(entry.uri))}`")

@@ -88,6 +88,11 @@ def test_wrong_password_then_right_one(server):
     assert names(at) == ["toy-a", "toy-b", "toy-a-seed2"]
     at.switch_page("pages/1_Similarity.py").run()  # the session stays logged in
     assert errors(at) == [] and len(at.get("plotly_chart")) > 0
+    # logging out (the sidebar's one button, below the page links) forgets the session
+    assert [b.label for b in at.sidebar.button] == ["Log out"] and len(at.get("page_link")) == 5
+    at.sidebar.button[0].click().run()
+    assert errors(at) == [] and [t.label for t in at.text_input] == ["Password"]
+    assert not at.get("page_link") and "sae_dicts" not in at.session_state
 
 
 def test_no_password_configured_admits_nobody(server):
