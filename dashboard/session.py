@@ -13,13 +13,15 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import streamlit as st
 
 from dashboard.feedback import hosted, is_demo, progress_callback, show_error, shown_uri
-from sae_backend import SAEError, load
+from sae_backend import Dictionary, SAEError, load
 from sae_backend.demo import demo_sources
 from sae_backend.errors import InputError
+from sae_backend.types import DownloadProgress, Orientation
 
 STATE_KEY = "sae_dicts"  # session_state: {name: Entry}, in the order they were added
 SHARED_OPTIONS = ("orientation", "key")  # load options a share link carries as parameters
@@ -45,6 +47,17 @@ class Entry:
 
     def option(self, key: str) -> str:
         return dict(self.options).get(key, "")
+
+    def load(self, progress: DownloadProgress | None = None) -> Dictionary:
+        """The backend's `load` of this source with these options (not the shared store:
+        `dashboard.store.load_entry`); raises SAEError, e.g. for an unknown orientation."""
+        return load(
+            self.uri,
+            position=self.option("position") or None,
+            orientation=cast(Orientation | None, self.option("orientation") or None),
+            key=self.option("key") or None,
+            progress=progress,
+        )
 
 
 def entries() -> dict[str, Entry]:
@@ -88,7 +101,7 @@ def add(
     entry = Entry.of(uri, options)
     bar, update = progress_callback(f"Loading {uri} ...")
     try:
-        load(uri, **dict(entry.options), progress=update)
+        entry.load(progress=update)
     finally:
         bar.empty()
     entries()[name] = entry

@@ -15,7 +15,7 @@ import streamlit as st
 from dashboard.feedback import hosted, show_error
 from dashboard.session import Entry, entries
 from dashboard.text import Contexts
-from sae_backend import Dictionary, SAEError, compare, load, match, settings
+from sae_backend import Dictionary, SAEError, compare, match, settings
 from sae_backend.demo import demo_contexts
 from sae_backend.geometry.compare import Comparison
 from sae_backend.geometry.matching import Matching
@@ -37,9 +37,7 @@ def shared_memory() -> MemoryLRU:
 
 def load_entry(entry: Entry) -> Dictionary:
     """The Dictionary an entry names, from the shared store; raises SAEError."""
-    return shared_memory().get_or_compute(
-        ("dictionary", entry.uri, entry.options), lambda: load(entry.uri, **dict(entry.options))
-    )
+    return shared_memory().get_or_compute(("dictionary", entry.uri, entry.options), entry.load)
 
 
 def dictionaries() -> dict[str, Dictionary]:
