@@ -147,3 +147,21 @@ def test_bf16_moderate_clusters_are_rescored_without_fallback():
     assert_matches_reference(res, a, b, 10)
     # every neighbour of a cluster centre is one of its own 40 copies
     assert np.all(res.indices // 40 == np.arange(6)[:, None])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_zero_rows_of_a_tie_everywhere_and_take_the_lowest_indices(precision):
+    """A dead feature of A scores 0 against all of B: a tie far wider than k, still broken
+    towards the lowest indices (own index skipped in a self comparison)."""
+    rng = np.random.default_rng(7)
+    a = unit(rng.standard_normal((40, 16)))
+    a[[0, 3, 25]] = 0.0
+    b = unit(rng.standard_normal((300, 16)))
+    res = topk_cosine(a, b, 5, device=DEVICE, precision=precision)
+    np.testing.assert_array_equal(res.indices[[0, 3, 25]], np.tile(np.arange(5), (3, 1)))
+    np.testing.assert_array_equal(res.values[[0, 3, 25]], 0.0)
+    res = topk_cosine(a, None, 5, device=DEVICE, precision=precision)
+    np.testing.assert_array_equal(res.indices[0], [1, 2, 3, 4, 5])  # each skips itself
+    np.testing.assert_array_equal(res.indices[3], [0, 1, 2, 4, 5])
+    np.testing.assert_array_equal(res.values[[0, 3]], 0.0)
+    assert_matches_reference(res, a, None, 5)

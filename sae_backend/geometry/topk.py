@@ -220,15 +220,30 @@ def _select(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor
     return vals.gather(1, order), idx.gather(1, order)
 
 
+def _topk_rows(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row of a score block: value descending, then index ascending.
+
+    torch.topk picks arbitrary members of a tie, so take a few spare and order them; rows
+    whose k-th value ties past the spare (a zero row of A ties everywhere) are sorted whole.
+    """
+    kk = min(s.shape[1], k + 8)
+    v, i = torch.topk(s, kk, dim=1)
+    if kk < s.shape[1]:
+        spill = (v[:, k - 1] == v[:, -1]).nonzero().squeeze(1)
+        if spill.numel():
+            v[spill], i[spill] = (
+                x[:, :kk] for x in torch.sort(s[spill], dim=1, descending=True, stable=True)
+            )
+    return _select(v, i, k)
+
+
 def _exact_block(
     a: torch.Tensor, b: torch.Tensor, k: int, self_offset: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 top-k of rows `a` [m, d] against all of `b` [n_b, d]."""
     s = a @ b.T
     _mask_self(s, self_offset)
-    kk = min(s.shape[1], k + 8)  # a few spare for deterministic tie-breaking
-    v, i = torch.topk(s, kk, dim=1)
-    return _select(v, i, k)
+    return _topk_rows(s, k)
 
 
 # re-score gather buffer, in float32 elements: small on CPU (cache-friendly), large on GPUs
@@ -388,5 +403,4 @@ class _Bf16Scorer:
         s = a @ self.b.T
         if self_rows is not None:
             s[torch.arange(a.shape[0], device=a.device), self_rows] = -torch.inf
-        v, i = torch.topk(s, min(s.shape[1], self.k + 8), dim=1)
-        return _select(v, i, self.k)
+        return _topk_rows(s, self.k)
