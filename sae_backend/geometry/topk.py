@@ -22,10 +22,17 @@ the k-th largest approximate score of the row, the true k-th largest is >= t - u
 so any true top-k neighbour j has s~_j + u|s~_j| >= t - u|t| - 2 delta_i: these are the
 candidates. Candidates are found without sorting whole rows: rows are cut into groups of
 `GROUP` columns, the best groups by their maximum are kept, and only their entries compete.
+
+Two engines run the bf16 path with the same bound, tie rule and result: `_Bf16Scorer` (torch
+operations on a bf16 score block) and, on CUDA when `triton` is installed, the fused kernels of
+`topk_triton.py`, which never write the score block to memory. `SAE_TOPK_ENGINE=torch|triton`
+forces one (default `auto`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -156,7 +163,7 @@ def topk_cosine(
     bm = block_rows or _default_block_rows(dev, n_b)
     values = torch.empty((n_a, k), dtype=torch.float32)
     indices = torch.empty((n_a, k), dtype=torch.int64)
-    run = _Bf16Scorer(tb, k) if precision == "bf16" else None
+    run = _bf16_engine(tb, k) if precision == "bf16" else None
     fallback_rows = 0
     label = f"top-{k} of {n_a:,} x {n_b:,} on {dev}"
     with exclusive(str(dev), label, n_a * n_b), _no_tf32():
@@ -174,6 +181,7 @@ def topk_cosine(
                 progress(r1, n_a)
     if info is not None:
         info.update(path=precision, device=str(dev), block_rows=bm, fallback_rows=fallback_rows)
+        info.update(engine=run.engine if run is not None else "torch")
     return TopK(values.numpy(), indices.numpy())
 
 
@@ -266,12 +274,87 @@ class _Buffers:
         return buf[:n].view(shape)
 
 
-class _Bf16Scorer:
-    """bf16 shortlisting + float32 re-scoring against a fixed B (see the module docstring)."""
+def _threshold(t: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """[m] candidate threshold tau: with k approximate scores >= t in a row, every true top-k
+    neighbour j has approximate score >= tau (module docstring); -1e-6 covers this arithmetic.
+    topk_triton's `_tau` is the same formula inside a kernel."""
+    y = t - _U_BF16 * t.abs() - 2 * delta
+    return torch.where(y >= 0, y / (1 + _U_BF16), y / (1 - _U_BF16)) - 1e-6
+
+
+class _Bf16Bound:
+    """What both bf16 engines share: B, k, the per-B constants of the error bound (module
+    docstring), the per-row delta and the exact float32 fallback for rows that overflow."""
+
+    engine = "torch"
 
     def __init__(self, b: torch.Tensor, k: int):
         n_b, d = b.shape
         self.b, self.k, self.n_b = b, k, n_b
+        b16f = b.to(torch.bfloat16).float()
+        self.err_b_max = float((b - b16f).norm(dim=1).max())
+        self.norm_b16_max = float(b16f.norm(dim=1).max())
+        self.gamma = d * _U_ACC
+
+    def block(
+        self, a: torch.Tensor, self_offset: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Top-k of rows `a` [m, d]; returns values, indices [m, k] and the fallback count."""
+        raise NotImplementedError
+
+    def _delta(self, a: torch.Tensor, a16: torch.Tensor) -> torch.Tensor:
+        """[m] bound on |a.b - a'.b'| plus accumulation error, for every b in B."""
+        a16f = a16.float()
+        err_a = (a - a16f).norm(dim=1)
+        bound = (
+            a.norm(dim=1) * self.err_b_max
+            + err_a * self.norm_b16_max
+            + self.gamma * a16f.norm(dim=1) * self.norm_b16_max
+        )
+        return bound * (1 + 1e-4) + 1e-7
+
+    def _exact_rows(
+        self, a: torch.Tensor, self_rows: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 top-k of the rows whose candidates overflowed; self_rows = their own indices."""
+        s = a @ self.b.T
+        if self_rows is not None:
+            s[torch.arange(a.shape[0], device=a.device), self_rows] = -torch.inf
+        return _topk_rows(s, self.k)
+
+
+def _triton_scorer(b: torch.Tensor, k: int) -> _Bf16Bound:
+    from . import topk_triton  # imported only here: never on the CPU path or at import time
+
+    return topk_triton.TritonScorer(b, k)
+
+
+def _triton_fits(b: torch.Tensor, k: int) -> bool:
+    """Whether `auto` takes the Triton engine: CUDA, triton installed, k within its budget."""
+    if b.device.type != "cuda" or importlib.util.find_spec("triton") is None:
+        return False
+    from . import topk_triton
+
+    return topk_triton.supports(k)
+
+
+def _bf16_engine(b: torch.Tensor, k: int) -> _Bf16Bound:
+    """The bf16 engine for this B: $SAE_TOPK_ENGINE (`auto`, `torch` or `triton`)."""
+    name = os.environ.get("SAE_TOPK_ENGINE", "auto")
+    if name == "auto":
+        name = "triton" if _triton_fits(b, k) else "torch"
+    engine = _BF16_ENGINES.get(name)
+    if engine is None:
+        raise InputError(f"SAE_TOPK_ENGINE={name!r}: use auto, torch or triton")
+    return engine(b, k)
+
+
+class _Bf16Scorer(_Bf16Bound):
+    """bf16 shortlisting + float32 re-scoring against a fixed B (see the module docstring)."""
+
+    def __init__(self, b: torch.Tensor, k: int):
+        super().__init__(b, k)
+        n_b, d = b.shape
         self.n_groups = -(-n_b // GROUP)
         self.pad = self.n_groups * GROUP - n_b
         b16 = b.to(torch.bfloat16)
@@ -281,11 +364,7 @@ class _Bf16Scorer:
         # group j sits in score column r*n_groups + j, so group maxima reduce over an outer
         # axis (contiguous, fast) instead of 64-wide inner runs
         self.b16_t = b16.view(self.n_groups, GROUP, d).transpose(0, 1).reshape(-1, d).T.contiguous()
-        b16f = b16[:n_b].float()
         del b16
-        self.err_b_max = float((b - b16f).norm(dim=1).max())
-        self.norm_b16_max = float(b16f.norm(dim=1).max())
-        self.gamma = d * _U_ACC
         # groups kept per row (random data needs ~2k + 10); rows needing more fall back
         self.n_keep_groups = min(self.n_groups, max(k, int(np.ceil(2.5 * k)) + 24))
         self.max_pairs = 4 * k + 64  # candidates re-scored per row before falling back
@@ -318,8 +397,7 @@ class _Bf16Scorer:
             t = gval[:, k - 1].float()
         else:
             t = torch.topk(kept.reshape(m, -1), k, dim=1).values[:, k - 1].float()
-        y = t - _U_BF16 * t.abs() - 2 * self._delta(a, a16)
-        tau = torch.where(y >= 0, y / (1 + _U_BF16), y / (1 - _U_BF16)) - 1e-6
+        tau = _threshold(t, self._delta(a, a16))
         complete = gval[:, -1].float() < tau if self.n_keep_groups < self.n_groups else None
         del s, groups
         mask = kept >= tau[:, None, None]
@@ -385,22 +463,8 @@ class _Bf16Scorer:
             torch.bmm(rows.view(r1 - r0, w, d), a[r0:r1].unsqueeze(2), out=out[r0:r1].unsqueeze(2))
         return out
 
-    def _delta(self, a: torch.Tensor, a16: torch.Tensor) -> torch.Tensor:
-        """[m] bound on |a.b - a'.b'| plus accumulation error, for every b in B."""
-        a16f = a16.float()
-        err_a = (a - a16f).norm(dim=1)
-        bound = (
-            a.norm(dim=1) * self.err_b_max
-            + err_a * self.norm_b16_max
-            + self.gamma * a16f.norm(dim=1) * self.norm_b16_max
-        )
-        return bound * (1 + 1e-4) + 1e-7
 
-    def _exact_rows(
-        self, a: torch.Tensor, self_rows: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 top-k of the rows whose candidates overflowed; self_rows = their own indices."""
-        s = a @ self.b.T
-        if self_rows is not None:
-            s[torch.arange(a.shape[0], device=a.device), self_rows] = -torch.inf
-        return _topk_rows(s, self.k)
+_BF16_ENGINES: dict[str, Callable[[torch.Tensor, int], _Bf16Bound]] = {
+    "torch": _Bf16Scorer,
+    "triton": _triton_scorer,
+}
