@@ -1,10 +1,12 @@
-"""GPU tuning sweep for topk_cosine at paper size: group width x block rows x k, plus a profile.
+"""GPU tuning sweep of the torch bf16 engine at paper size: group width x block rows x k, plus
+a profile (the fused Triton engine has its own: sweep_triton.py).
 
 python benchmarks/sweep_gpu.py      # needs CUDA; prints median ms of 5 runs per setting
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import sae_backend.geometry.topk as topk  # noqa: E402
 
 
 def main() -> None:
+    os.environ["SAE_TOPK_ENGINE"] = "torch"
     g = torch.Generator().manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(46080, 768, generator=g), dim=1).cuda()
     b = torch.nn.functional.normalize(torch.randn(46080, 768, generator=g), dim=1).cuda()
