@@ -8,7 +8,8 @@ variable, never a silent fallback.
 
 The folders the project writes are all derived here from `$SAE_CACHE_DIR` (else `~/.cache`):
 the array cache, downloads, a server's uploads, the toy demo, lock files. This module is a
-leaf: it imports nothing from the package but `errors`, so every other module may import it.
+leaf: it imports nothing from the package but `errors` and `types` (itself a leaf), so every
+other module may import it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Generic, Literal, TypeVar, cast
 
 from .errors import InputError, SAEError
+from .types import TOPK_ENGINES, TopkEngine
 
 T = TypeVar("T")
 
@@ -34,6 +36,13 @@ def _positive_int(text: str) -> int:
 
 def _path(text: str) -> Path:
     return Path(text).expanduser()
+
+
+def _topk_engine(text: str) -> TopkEngine:
+    value = text.lower()
+    if value not in TOPK_ENGINES:
+        raise ValueError("expected " + ", ".join(TOPK_ENGINES))
+    return value
 
 
 def _demo(text: str) -> DemoKind:
@@ -88,6 +97,10 @@ DEMO: Variable[DemoKind] = Variable(
 HOSTED: Variable[Path | None] = Variable(
     "SAE_HOSTED", None, _path, "hosted settings TOML; unset means local mode"
 )
+TOPK_ENGINE: Variable[TopkEngine] = Variable(
+    "SAE_TOPK_ENGINE", "auto", _topk_engine,
+    "the exact bf16 top-k engine: auto (Triton on CUDA when installed), torch or triton",
+)  # fmt: skip
 
 # A secret, not a setting: the shared password of a hosted instance (auth = "password"), read
 # by the dashboard's login from Streamlit's secrets first, then from the environment.
@@ -101,6 +114,7 @@ VARIABLES: tuple[Variable, ...] = (
     MEMORY_BUDGET_MB,
     DEMO,
     HOSTED,
+    TOPK_ENGINE,
 )
 
 

@@ -33,6 +33,11 @@ DIRECTIONS: tuple[Directions, ...] = get_args(Directions)
 Precision = Literal["auto", "bf16", "fp32"]
 """The top-k engine's scoring path; every path returns the same exact float32 results."""
 
+TopkEngine = Literal["auto", "torch", "triton"]
+"""Who runs the exact bf16 top-k path: torch operations, or the fused Triton kernels (CUDA);
+`auto` takes Triton on CUDA when it is installed. Same bound, tie rule and results."""
+TOPK_ENGINES: tuple[TopkEngine, ...] = get_args(TopkEngine)
+
 Orientation = Literal["rows", "columns"]
 """A plain matrix's layout: rows = [n_features, d_model], columns = [d_model, n_features]."""
 ORIENTATIONS: tuple[Orientation, ...] = get_args(Orientation)
@@ -63,4 +68,6 @@ __all__ = [
     "Orientation",
     "Precision",
     "Progress",
+    "TOPK_ENGINES",
+    "TopkEngine",
 ]

@@ -30,6 +30,8 @@ def test_unset_or_blank_gives_the_default(variable, monkeypatch):
         (settings.MEMORY_BUDGET_MB, "64", 64),
         (settings.DEMO, "TOY", "toy"),
         (settings.DEMO, "real", "real"),
+        (settings.TOPK_ENGINE, "Triton", "triton"),
+        (settings.TOPK_ENGINE, "torch", "torch"),
     ],
 )
 def test_values_are_parsed(variable, text, value, monkeypatch):
@@ -47,6 +49,7 @@ def test_values_are_parsed(variable, text, value, monkeypatch):
         (settings.MAX_ARRAY_BYTES, "16GB"),
         (settings.MEMORY_BUDGET_MB, "8 GB"),  # was a silent fallback to the default
         (settings.DEMO, "tiny"),  # was silently the real demo
+        (settings.TOPK_ENGINE, "cuda"),
     ],
 )
 def test_a_bad_value_is_one_error_line_naming_the_variable(variable, text, monkeypatch):

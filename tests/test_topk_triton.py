@@ -268,7 +268,7 @@ for name in ("triton", "cuda-magic"):
     ).stdout.splitlines()
     assert out[0] == "torch False"
     assert out[1] == "the Triton top-k engine runs on CUDA (on CPU only under TRITON_INTERPRET=1)"
-    assert out[2] == "SAE_TOPK_ENGINE='cuda-magic': use auto, torch or triton"
+    assert out[2] == "SAE_TOPK_ENGINE='cuda-magic': expected auto, torch, triton"
 
 
 def test_main_kernel_compiles_for_hopper_on_tensor_cores_without_spills(tmp_path):

@@ -26,13 +26,12 @@ candidates. Candidates are found without sorting whole rows: rows are cut into g
 Two engines run the bf16 path with the same bound, tie rule and result: `_Bf16Scorer` (torch
 operations on a bf16 score block) and, on CUDA when `triton` is installed, the fused kernels of
 `topk_triton.py`, which never write the score block to memory. `SAE_TOPK_ENGINE=torch|triton`
-forces one (default `auto`).
+forces one (default `auto`, settings.TOPK_ENGINE).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -40,8 +39,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import settings
 from ..activity import exclusive
 from ..errors import InputError
+from ..types import TopkEngine
 
 GROUP = 64  # columns per group when shortlisting candidates from a bf16 score block
 _U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
@@ -340,13 +341,10 @@ def _triton_fits(b: torch.Tensor, k: int) -> bool:
 
 def _bf16_engine(b: torch.Tensor, k: int) -> _Bf16Bound:
     """The bf16 engine for this B: $SAE_TOPK_ENGINE (`auto`, `torch` or `triton`)."""
-    name = os.environ.get("SAE_TOPK_ENGINE", "auto")
+    name: TopkEngine = settings.TOPK_ENGINE.get()
     if name == "auto":
         name = "triton" if _triton_fits(b, k) else "torch"
-    engine = _BF16_ENGINES.get(name)
-    if engine is None:
-        raise InputError(f"SAE_TOPK_ENGINE={name!r}: use auto, torch or triton")
-    return engine(b, k)
+    return _BF16_ENGINES[name](b, k)
 
 
 class _Bf16Scorer(_Bf16Bound):
@@ -464,7 +462,7 @@ class _Bf16Scorer(_Bf16Bound):
         return out
 
 
-_BF16_ENGINES: dict[str, Callable[[torch.Tensor, int], _Bf16Bound]] = {
+_BF16_ENGINES: dict[TopkEngine, Callable[[torch.Tensor, int], _Bf16Bound]] = {
     "torch": _Bf16Scorer,
     "triton": _triton_scorer,
 }
