@@ -144,19 +144,87 @@ def test_umap_hover_shows_the_strongest_context(monkeypatch):
         assert hover == context_hover(ctx, feature) != ""
 
 
+def build_script():
+    """scripts/build_demo.py as a module (its heavy imports happen inside its functions)."""
+    spec = importlib.util.spec_from_file_location("build_demo", ROOT / "scripts" / "build_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_only_builds_check_the_data_against_the_manifest(manifest):
+    """--only adds SAEs to a bundle only when this run's tokens and preprocessing are the
+    bundle's: planted differences in counts, scale, mean and recipe are each reported."""
+    mismatch = build_script().data_mismatch
+    record = {k: manifest[k] for k in ("model", "hook", "tokens", "preprocessing", "training")}
+    assert mismatch(manifest, record) is None
+    noisy = json.loads(json.dumps(record))
+    noisy["preprocessing"]["scale"] *= 1 + 1e-9  # float rounding noise: the same data
+    assert mismatch(manifest, noisy) is None
+    for path, value in [
+        (("tokens", "used"), manifest["tokens"]["used"] - 1),
+        (("preprocessing", "scale"), manifest["preprocessing"]["scale"] * 1.001),
+        (("preprocessing", "mean_top_dims", "247"), -77.0),
+        (("training", "epochs"), 4),
+        (("hook",), "blocks.14.hook_resid_pre"),
+    ]:
+        changed = json.loads(json.dumps(record))
+        *outer, last = path
+        target = changed
+        for key in outer:
+            target = target[key]
+        target[last] = value
+        assert mismatch(manifest, changed).startswith("manifest." + ".".join(path) + ": ")
+    fewer = json.loads(json.dumps(record))
+    del fewer["training"]["lr"]
+    assert mismatch(manifest, fewer).startswith("manifest.training: keys ")
+
+
+def run_build(tmp_path, *args):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_demo.py"), *args,
+         "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )  # fmt: skip
+
+
+def test_only_refuses_unknown_names_and_a_missing_bundle(tmp_path):
+    run = run_build(tmp_path, "--only", "x3-s0", "--out", str(tmp_path / "demo"))
+    assert run.returncode == 2 and run.stderr.startswith("error: --only: unknown SAE name")
+    assert len(run.stderr.strip().splitlines()) == 1
+    run = run_build(tmp_path, "--only", "x1-s0", "--out", str(tmp_path / "demo"))
+    assert run.returncode == 2 and run.stderr.startswith("error: --only adds to the bundle")
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "demo.partial").exists()
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in BUILD_NEEDS),
     reason="optional build requirements (requirements-demo.txt) are not installed",
 )
 def test_build_script_smoke(tmp_path):
     out = tmp_path / "demo"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "build_demo.py"), "--smoke", "--out", str(out),
-         "--work", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-    )  # fmt: skip
+    run = run_build(tmp_path, "--smoke", "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
+    first = files(out)
+    # --only rebuilds one entry from the same data: same bytes (the pipeline is deterministic
+    # on one machine), every other file untouched, the run recorded in the manifest
+    run = run_build(tmp_path, "--smoke", "--out", str(out), "--only", "x1-s0")
+    assert run.returncode == 0, run.stderr[-2000:]
+    again = files(out)
+    assert sorted(again) == sorted(first)
+    assert [k for k in first if first[k] != again[k]] == ["manifest.json"]
+    m0, m1 = (json.loads(f["manifest.json"]) for f in (first, again))
+    assert m1["partial_builds"][0]["only"] == ["x1-s0"] and "partial_builds" not in m0
+    for m in (m0, m1):
+        del m["saes"]["x1-s0"]["metrics"]["train_seconds"]
+    del m1["partial_builds"]
+    assert m1 == m0
     m = json.loads((out / "manifest.json").read_text())
     assert m["smoke"] is True and m["tokens"]["used"] < 1000
     assert sorted(m["saes"]) == sorted(demo_manifest()["saes"])
