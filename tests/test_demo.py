@@ -38,8 +38,9 @@ def dicts(manifest):
 
 
 def test_sources_are_the_shipped_saes_in_two_formats(manifest, dicts):
-    assert list(dicts) == ["x2-s0", "x2-s1", "x2-l1hi", "x4-s0"]
-    assert {d.meta.format for d in dicts.values()} == {"e2e_sae", "saelens"}
+    assert list(dicts) == ["x2-s0", "x2-s1", "x2-l1hi", "x4-s0", "x1-s0", "x8-s0"]
+    formats = [d.meta.format for d in dicts.values()]
+    assert formats.count("e2e_sae") == formats.count("saelens") == 3
     for name, d in dicts.items():
         entry = manifest["saes"][name]
         assert d.meta.format == entry["format"]
@@ -82,6 +83,32 @@ def test_cross_seed_mmcs_is_far_above_random(manifest, dicts):
     assert mmcs_wide == pytest.approx(manifest["width"]["mmcs"], abs=1e-4)
 
 
+def test_width_ladder(manifest, dicts):
+    """One recipe at 1x, 2x, 4x, 8x d_model, at one hook: what the Families page opens on."""
+    ladder = manifest["ladder"]
+    assert ladder == ["x1-s0", "x2-s0", "x4-s0", "x8-s0"]
+    specs = [manifest["saes"][n]["spec"] for n in ladder]
+    assert [dicts[n].n_features for n in ladder] == [576, 1152, 2304, 4608]
+    assert [s["ratio"] for s in specs] == [1, 2, 4, 8]
+    assert {(s["l1"], s["seed"]) for s in specs} == {(0.1, 0)}
+    assert {dicts[n].meta.hook for n in ladder} == {"blocks.15.hook_resid_pre"}
+    assert {dicts[n].d_model for n in ladder} == {576}
+    metrics = [manifest["saes"][n]["metrics"] for n in ladder]
+    assert len({m["steps"] for m in metrics}) == 1  # same data, batch and epochs
+    # at a fixed L1 a wider SAE uses more features per token, and up to 4x reconstructs
+    # better; 8x does not beat 4x on held-out FVE within the same 1,395 steps (README)
+    fve, l0 = [m["fve"] for m in metrics], [m["l0"] for m in metrics]
+    assert l0 == sorted(l0) and len(set(l0)) == 4
+    assert fve[0] < fve[1] < fve[2]
+    pairs = [[wide, narrow] for narrow, wide in zip(ladder, ladder[1:], strict=False)]
+    assert [rung["pair"] for rung in manifest["ladder_mmcs"]] == pairs
+    for rung, (wide, narrow) in zip(manifest["ladder_mmcs"], pairs, strict=True):
+        mmcs = float(compare(dicts[wide], dicts[narrow], cache=False).max_cos.mean())
+        assert mmcs == pytest.approx(rung["mmcs"], abs=1e-4)
+        null = float(random_null(dicts[wide].n_alive, dicts[narrow].n_alive, 576).mean())
+        assert mmcs > 2 * null  # neighbouring rungs share directions far beyond chance
+
+
 def test_recorded_quality(manifest):
     for entry in manifest["saes"].values():
         m = entry["metrics"]
@@ -113,6 +140,25 @@ def test_other_pages_render_with_the_real_demo(monkeypatch, page):
     at = page_test(page, 120).run()
     assert not at.exception and not at.error
     assert any("SmolLM2-135M-Instruct" in c.value for c in at.sidebar.caption)
+
+
+def test_home_lists_every_demo_sae(monkeypatch, manifest, dicts):
+    """Home with the real demo: one row per manifest entry, in its order; within-dictionary
+    MMCS of the ladder's narrowest rung against a float64 reference from its decoder."""
+    monkeypatch.delenv("SAE_DEMO", raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["name"]) == list(manifest["saes"])
+    widths = [manifest["saes"][n]["spec"]["ratio"] * 576 for n in manifest["saes"]]
+    assert list(table["features"]) == widths
+    assert set(table["hook"]) == {"blocks.15.hook_resid_pre"}
+    w = dicts["x1-s0"].directions("decoder").astype(np.float64)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    cos = w @ w.T
+    np.fill_diagonal(cos, -np.inf)
+    row = table.set_index("name").loc["x1-s0"]
+    assert row["within MMCS"] == pytest.approx(cos.max(1).mean(), abs=1e-4)
 
 
 def test_neighbours_page_shows_the_contexts(monkeypatch):
