@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict:
                     metavar="NAME,...", help="train only these SAEs into the existing bundle at "
                     "--out (same data, checked against its manifest); keep all other files")  # fmt: skip
     args = ap.parse_args(argv)
-    specs = SPECS
+    specs: tuple[SAESpec, ...] = SPECS
     old: dict = {}
     if args.only is not None:
         unknown = sorted(set(args.only) - {s.name for s in SPECS})
@@ -587,7 +587,10 @@ def main(argv: list[str] | None = None) -> dict:
     built = {spec.name: build_one(spec, tok, chunks, data, cfg, tmp) for spec in specs}
     entries = {s.name: built.get(s.name) or old["saes"][s.name] for s in SPECS}
 
-    manifest = {**record, "saes": entries, **geometry(tmp)}
+    # --only: the bundle's data record stays (its first SAEs were trained on exactly that);
+    # this run's own scale, equal up to float noise, is recorded with the run
+    manifest = {**{k: old.get(k, v) for k, v in record.items()}, "saes": entries,
+                **geometry(tmp)}  # fmt: skip
     if old:  # the full build's time stays; this run is recorded next to it
         manifest["build_seconds"] = old["build_seconds"]
         manifest["partial_builds"] = [*old.get("partial_builds", []), {
@@ -595,6 +598,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seconds": round(time.time() - t_start, 1),
             "train_and_contexts_seconds": round(time.time() - t_train, 1),
             "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+            "scale": data.scale,
         }]  # fmt: skip
     else:
         manifest["build_seconds"] = round(time.time() - t_start, 1)
