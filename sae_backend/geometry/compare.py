@@ -18,7 +18,14 @@ from ..cache import ArrayCache, make_key, through
 from ..dictionary import Dictionary
 from ..errors import InputError
 from ..types import DIRECTIONS, Directions, Float32, Int64, Progress
-from .matching import DoubleCounting, Matching, double_counting, match_one_to_one
+from .matching import (
+    DEFAULT_TOLERANCE,
+    K_CANDIDATES,
+    DoubleCounting,
+    Matching,
+    double_counting,
+    match_one_to_one,
+)
 from .stats import Summary, summarize
 from .topk import TopK, topk_cosine
 
@@ -129,20 +136,26 @@ def match(
     b: Dictionary,
     *,
     directions: Directions = "decoder",
-    k_candidates: int = 10,
+    k_candidates: int = K_CANDIDATES,
     dense_limit: int = 4096,
     device: str = "auto",
     forward: Comparison | None = None,
     progress: Progress | None = None,
     cache: ArrayCache | None | bool = True,
+    certify: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Matching:
     """One-to-one matching of A's included features to B's; indices are feature indices.
 
-    `forward` (a Comparison of A with B, same directions) saves one top-k pass at scale.
-    cache: True uses the default disk cache, False none, or a given ArrayCache. The key is
-    the fingerprints, directions, k_candidates and dense_limit: `forward` stands in for a top-k
-    pass that gives the same candidates (the top-k is exact, ties to the lower index), and
-    `device` does not change exact results, so neither is part of it (as in `compare`).
+    `forward` (a Comparison of A with B, same directions, at least k_candidates wide) saves
+    one top-k pass at scale. `certify` proves the sparse result optimal over all pairs (see
+    `geometry.matching`). Dual potentials come back indexed by position in A's and B's
+    `alive_index`. cache: True uses the default disk cache, False none, or a given
+    ArrayCache. The key is the fingerprints, directions, k_candidates, dense_limit, certify,
+    tolerance and the solver's version (`MATCHING_VERSION`: entries of an earlier, uncertified
+    solver are never served): `forward` stands in for a top-k pass that gives the same
+    candidates (the top-k is exact, ties to the lower index), and `device` does not change
+    exact results, so neither is part of it (as in `compare`).
     Raises InputError for a `forward` that is not a comparison of A with B by `directions`.
     """
     ia, ib = a.alive_index, b.alive_index
@@ -166,19 +179,29 @@ def match(
         va, vb = a.directions(directions)[ia], b.directions(directions)[ib]
         m = match_one_to_one(
             va, vb, k_candidates=k_candidates, dense_limit=dense_limit, device=device,
-            progress=progress, forward=fwd,
+            progress=progress, forward=fwd, certify=certify, tolerance=tolerance,
         )  # fmt: skip
         b_index = np.where(m.b_index >= 0, ib[np.maximum(m.b_index, 0)], -1)
         meta = {name: getattr(m, name) for name in _MATCHING_SCALARS}
-        return {"b_index": b_index, "cosine": m.cosine}, meta
+        arrays = {name: getattr(m, name) for name in _MATCHING_ARRAYS}
+        return {**arrays, "b_index": b_index}, meta
 
     key = make_key(
         "match", a.fingerprint, b.fingerprint, directions=directions,
-        k_candidates=k_candidates, dense_limit=dense_limit,
+        k_candidates=k_candidates, dense_limit=dense_limit, certify=certify,
+        tolerance=tolerance, solver=MATCHING_VERSION,
     )  # fmt: skip
     arrays, meta = through(cache, key, compute)
-    return Matching(arrays["b_index"], arrays["cosine"], **meta)
+    return Matching(
+        b_index=arrays["b_index"], cosine=arrays["cosine"], potentials_a=arrays["potentials_a"],
+        potentials_b=arrays["potentials_b"], **meta,
+    )  # fmt: skip
 
 
-# Matching's fields besides its two arrays: stored as JSON (floats round-trip exactly, NaN too).
-_MATCHING_SCALARS = ("total", "mean", "n_matched", "method", "upper_bound", "n_candidates")
+MATCHING_VERSION = 2  # 2: certified sparse solver (lap.py + certificate.py)
+# Matching's fields besides its arrays: stored as JSON (floats round-trip exactly, NaN too).
+_MATCHING_SCALARS = (
+    "total", "mean", "n_matched", "method", "upper_bound", "n_candidates",
+    "certified", "bound", "tolerance", "rounds",
+)  # fmt: skip
+_MATCHING_ARRAYS = ("b_index", "cosine", "potentials_a", "potentials_b")

@@ -42,6 +42,7 @@ from .topk import TopK, topk_cosine
 
 Progress = Callable[[int, int], None]
 
+K_CANDIDATES = 32  # top-k per feature of A in the certified solver's first graph
 DEFAULT_TOLERANCE = 1e-9  # per matched pair: certified means total >= optimum - n * this
 
 
@@ -106,7 +107,7 @@ def match_one_to_one(
     a: np.ndarray,  # [n_a, d] float32 unit rows
     b: np.ndarray,  # [n_b, d] float32 unit rows
     *,
-    k_candidates: int = 32,
+    k_candidates: int = K_CANDIDATES,
     dense_limit: int = 4096,
     device: str = "auto",
     progress: Progress | None = None,
