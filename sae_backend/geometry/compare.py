@@ -144,6 +144,7 @@ def match(
     cache: ArrayCache | None | bool = True,
     certify: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
+    info: dict | None = None,
 ) -> Matching:
     """One-to-one matching of A's included features to B's; indices are feature indices.
 
@@ -155,7 +156,8 @@ def match(
     tolerance and the solver's version (`MATCHING_VERSION`: entries of an earlier, uncertified
     solver are never served): `forward` stands in for a top-k pass that gives the same
     candidates (the top-k is exact, ties to the lower index), and `device` does not change
-    exact results, so neither is part of it (as in `compare`).
+    exact results, so neither is part of it (as in `compare`). `info` receives the solver's
+    timings when it runs (nothing on a cache hit).
     Raises InputError for a `forward` that is not a comparison of A with B by `directions`.
     """
     ia, ib = a.alive_index, b.alive_index
@@ -179,7 +181,7 @@ def match(
         va, vb = a.directions(directions)[ia], b.directions(directions)[ib]
         m = match_one_to_one(
             va, vb, k_candidates=k_candidates, dense_limit=dense_limit, device=device,
-            progress=progress, forward=fwd, certify=certify, tolerance=tolerance,
+            progress=progress, forward=fwd, certify=certify, tolerance=tolerance, info=info,
         )  # fmt: skip
         b_index = np.where(m.b_index >= 0, ib[np.maximum(m.b_index, 0)], -1)
         meta = {name: getattr(m, name) for name in _MATCHING_SCALARS}

@@ -75,7 +75,7 @@ def solve(
     `state` must come from an earlier call on a subgraph of this graph (same rows and
     columns, edges only added). Raises NoFullMatching when some row cannot be matched.
     """
-    from ._lap_kernels import augment_all, greedy_start, warm_start
+    from ._match_kernels import augment_all, greedy_start, warm_start
 
     n_rows = indptr.size - 1
     if n_rows > n_cols:

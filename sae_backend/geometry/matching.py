@@ -27,7 +27,9 @@ or, in the uncertified sparse solver, when the candidate graph has no full match
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -115,6 +117,7 @@ def match_one_to_one(
     certify: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     max_rounds: int = 30,
+    info: dict | None = None,
 ) -> Matching:
     """Assignment of rows of `a` to rows of `b` maximising the total cosine (one-to-one).
 
@@ -124,7 +127,8 @@ def match_one_to_one(
     Exact Hungarian when max(n_a, n_b) <= dense_limit, else the sparse top-`k_candidates`
     candidate graph, certified over all pairs unless `certify=False` (see the module
     docstring). `progress(done, total)` is called as rows are scanned. Rectangular inputs:
-    the smaller side is fully matched. `tolerance` is per matched pair.
+    the smaller side is fully matched. `tolerance` is per matched pair. `info`, if given,
+    receives where the certified solver spent its time and how much the check scanned.
     """
     a, b = _check_pair(a, b)
     if k_candidates < 1:
@@ -140,7 +144,17 @@ def match_one_to_one(
         return _hungarian(a, b, progress, tolerance)
     if not certify:
         return _sparse(a, b, k_candidates, device, progress, forward)
-    return _certified(a, b, k_candidates, device, progress, forward, tolerance, max_rounds)
+    return _certified(
+        a,
+        b,
+        k_candidates,
+        device,
+        progress,
+        forward,
+        tolerance,
+        max_rounds,
+        {} if info is None else info,
+    )
 
 
 def _hungarian(
@@ -199,26 +213,35 @@ def _certified(
     forward: TopK | None,
     tolerance: float,
     max_rounds: int,
+    info: dict,
 ) -> Matching:
     """Optimal matching over all pairs, proved by the dual check (see the module docstring)."""
     n_a, n_b = a.shape[0], b.shape[0]
     total = n_a + n_b
-    fwd = _forward(a, b, k, device, progress, forward)
+    clock = _Clock(info)
+    with clock("forward_s"):
+        fwd = _forward(a, b, k, device, progress, forward)
     k_fwd = fwd.indices.shape[1]
     graph = _Graph(n_a, n_b)
     rows = np.repeat(np.arange(n_a), k_fwd)
     cols = fwd.indices.ravel().astype(np.int64)
-    graph.add(rows, cols, pair_cosines(a, b, rows, cols))
-    kth = fwd.values[:, -1] if k_fwd < n_b else np.full(n_a, -np.inf, np.float32)
-    checker = Checker(a, b, Memory.from_topk(kth, a.shape[1], n_b), device=device)
-    _complete(graph, a, b, k, device)
+    with clock("rescore_s"):
+        graph.add(rows, cols, pair_cosines(a, b, rows, cols))
+        kth = fwd.values[:, -1] if k_fwd < n_b else np.full(n_a, -np.inf, np.float32)
+        checker = Checker(a, b, Memory.from_topk(kth, a.shape[1], n_b), device=device)
+        _complete(graph, a, b, k, device)
     state: lap.LapState | None = None
     rounds = 0
+    info.update(rows_engine=0, pairs_engine=0, rows_dense=0)
     while True:
         rounds += 1
-        state = graph.solve(state)
-        u, v = graph.duals(state)
-        check = checker.check(u, v, graph.row_max(v), tolerance)
+        with clock("solve_s"):
+            state = graph.solve(state)
+            u, v = graph.duals(state)
+        with clock("check_s"):
+            check = checker.check(u, v, graph.row_max(v), tolerance)
+        for name in ("rows_engine", "pairs_engine", "rows_dense"):
+            info[name] += getattr(check, name)
         fresh = graph.add(check.new_rows, check.new_cols, check.new_cos)
         r, c, cos = check.new_rows[fresh], check.new_cols[fresh], check.new_cos[fresh]
         violated = bool(np.any(cos - u[r] - v[c] > tolerance))
@@ -238,6 +261,21 @@ def _certified(
         m, total=objective, certified=bool(bound - objective <= tol), bound=bound,
         tolerance=tol, rounds=rounds, potentials_a=u, potentials_b=v,
     )  # fmt: skip
+
+
+class _Clock:
+    """`with clock("name_s"):` adds the block's wall time to info["name_s"]."""
+
+    def __init__(self, info: dict):
+        self.info = info
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.info[name] = self.info.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _forward(

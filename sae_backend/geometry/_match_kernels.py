@@ -1,6 +1,7 @@
-"""numba kernels of `lap.py` (imported lazily: numba's import and first compile take seconds;
-compiled code is cached on disk). Column states: >= 0 the owning row, -1 unassigned, -2 held
-by the surplus node. All arrays are modified in place."""
+"""numba kernels of the certified matching (imported lazily: numba's import and first compile
+take seconds; compiled code is cached on disk): the assignment solver of `lap.py` and the
+exact float64 rescoring of row pairs. Column states: >= 0 the owning row, -1 unassigned, -2
+held by the surplus node. Arrays are modified in place."""
 
 from __future__ import annotations
 
@@ -8,6 +9,20 @@ import numba as nb
 import numpy as np
 
 _NEG_SLACK = -1e-12  # a warm edge below this reduced cost frees its row (rounding stays)
+
+
+@nb.njit(cache=True, parallel=True)
+def pair_dots(a, b, rows, cols, out):  # pragma: no cover - numba
+    """out[p] = a[rows[p]] . b[cols[p]] accumulated in float64 (float32 inputs: every product
+    is exact in float64, so only the float64 summation rounds)."""
+    d = a.shape[1]
+    for p in nb.prange(rows.size):
+        x = a[rows[p]]
+        y = b[cols[p]]
+        acc = 0.0
+        for t in range(d):
+            acc += np.float64(x[t]) * np.float64(y[t])
+        out[p] = acc
 
 
 @nb.njit(cache=True)
