@@ -11,10 +11,11 @@ import numpy as np
 _NEG_SLACK = -1e-12  # a warm edge below this reduced cost frees its row (rounding stays)
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, fastmath=True)
 def pair_dots(a, b, rows, cols, out):  # pragma: no cover - numba
     """out[p] = a[rows[p]] . b[cols[p]] accumulated in float64 (float32 inputs: every product
-    is exact in float64, so only the float64 summation rounds)."""
+    is exact in float64, so only the float64 summation rounds, in whatever order the
+    vectorised loop takes: error <= d * 2^-53 * sum |x y|, ~1e-13 here)."""
     d = a.shape[1]
     for p in nb.prange(rows.size):
         x = a[rows[p]]
