@@ -49,6 +49,16 @@ from .topk import topk_cosine
 
 _U32 = 2.0**-24  # unit roundoff of float32
 _DENSE_BLOCK = 256  # rows per block of the exact float64 fallback
+_CHUNK_ROWS = 8192  # rows converted to float64 at a time (bounds the temporaries)
+
+
+def _squared_norms(x: np.ndarray) -> np.ndarray:
+    """[n] float64 squared row norms, a chunk of rows at a time."""
+    out = np.empty(x.shape[0])
+    for r0 in range(0, x.shape[0], _CHUNK_ROWS):
+        c = x[r0 : r0 + _CHUNK_ROWS].astype(np.float64)
+        out[r0 : r0 + c.shape[0]] = np.einsum("ij,ij->i", c, c)
+    return out
 
 
 def gamma(n: int) -> float:
@@ -141,8 +151,8 @@ class Checker:
         self.dense_rows_max = dense_rows_max
         self.n_a, self.n_b = a.shape[0], b.shape[0]
         self.err = engine_error(a.shape[1] + 2) * 1.0001 + 1e-12
-        norm_a = np.sqrt(np.einsum("ij,ij->i", a.astype(np.float64), a.astype(np.float64)) + 1)
-        self.norm_a = norm_a  # |[a_i, 1]|
+        self.norm_a = np.sqrt(_squared_norms(a) + 1)  # |[a_i, 1]|
+        self.sq_b = _squared_norms(b)
 
     # ------------------------------------------------------------------------------------
     def check(
@@ -230,20 +240,22 @@ class Checker:
         return np.sort(order[:s]), rest
 
     def _augment_b(self, v: np.ndarray) -> tuple[np.ndarray, float]:
+        """[n_b, d + 2] float32 unit rows b'_j (module docstring) and the scale s."""
         s = 1.0 / math.sqrt(1.0 + float(np.max(v * v, initial=0.0)))
-        b64 = self.b.astype(np.float64)
-        sq = np.einsum("ij,ij->i", b64, b64)
-        last = np.sqrt(np.maximum(1.0 - s * s * (sq + v * v), 0.0))
         out = np.empty((self.n_b, self.b.shape[1] + 2), np.float32)
-        out[:, :-2] = s * b64
+        for r0 in range(0, self.n_b, _CHUNK_ROWS):  # no float64 copy of all of B
+            r1 = min(self.n_b, r0 + _CHUNK_ROWS)
+            out[r0:r1, :-2] = s * self.b[r0:r1].astype(np.float64)
         out[:, -2] = -s * v
-        out[:, -1] = last
+        out[:, -1] = np.sqrt(np.maximum(1.0 - s * s * (self.sq_b + v * v), 0.0))
         return out, s
 
     def _augment_a(self, rows: np.ndarray) -> np.ndarray:
-        x = self.a[rows].astype(np.float64) / self.norm_a[rows, None]
+        """[len(rows), d + 2] float32 unit rows a'_i = [a_i, 1, 0] / |[a_i, 1]|."""
         out = np.zeros((rows.size, self.a.shape[1] + 2), np.float32)
-        out[:, :-2] = x
+        for r0 in range(0, rows.size, _CHUNK_ROWS):
+            sel = rows[r0 : r0 + _CHUNK_ROWS]
+            out[r0 : r0 + sel.size, :-2] = self.a[sel].astype(np.float64) / self.norm_a[sel, None]
         out[:, -2] = 1.0 / self.norm_a[rows]
         return out
 
