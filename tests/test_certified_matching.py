@@ -102,6 +102,16 @@ def planted_cases():
     b[rng.choice(200, 25, replace=False)] = 0
     yield "dead", a, b
     yield "decoys", *decoy_blocks(60, 4)
+    # medium: half of B a noisy permutation of A, half fresh random rows (the hard half, where
+    # top-k graphs miss the optimum), plus decoy blocks in their own dimensions
+    a, b = noisy_permutation(1400, 48, 0.3, 6)
+    b[700:] = unit(rng.standard_normal((700, 48)))
+    da, db = decoy_blocks(100, 7)
+    a2 = np.zeros((1700, 48 + 301), np.float32)
+    b2 = np.zeros((1700, 48 + 301), np.float32)
+    a2[:1400, :48], b2[:1400, :48] = a, b
+    a2[1400:, 48:], b2[1400:, 48:] = da, db
+    yield "medium", a2, b2[rng.permutation(1700)]
 
 
 CASES = list(planted_cases())
