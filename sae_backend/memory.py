@@ -85,6 +85,17 @@ class MemoryLRU:
                 return flight.value
             # the leader failed: loop, and this caller computes (or waits for a new leader)
 
+    def peek(self, key: Hashable) -> Any | None:
+        """The object held for `key` (a hit, made most recent), or None: never computes and
+        never waits for a computation in flight. For a page that must not block: a miss sends
+        it to a background job (`sae_backend.jobs`) instead."""
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            self._counts["hits"] += 1
+            return self._items[key][0]
+
     def _lead(self, key: Hashable, flight: _Flight, compute: Callable[[], T]) -> T:
         try:
             value = compute()

@@ -130,3 +130,31 @@ def test_a_failed_computation_is_not_shared_and_nothing_is_held() -> None:
 def test_negative_budget_is_refused() -> None:
     with pytest.raises(ValueError):
         MemoryLRU(-1)
+
+
+def test_peek_returns_what_is_held_and_never_computes_or_waits() -> None:
+    lru = MemoryLRU(budget_bytes=10 * 1024)
+    assert lru.peek("a") is None
+    held = lru.get_or_compute("a", lambda: arr(4))
+    lru.get_or_compute("b", lambda: arr(4))
+    assert lru.peek("a") is held  # a hit, and a is now the most recent
+    lru.get_or_compute("c", lambda: arr(4))  # 12 KiB > 10: b goes, not a
+    assert lru.peek("b") is None and lru.peek("a") is held
+    s = lru.stats()
+    assert (s.hits, s.misses, s.evictions) == (2, 3, 1)
+    # a computation in flight: peek answers at once, without its value
+    gate, started = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        gate.wait(5)
+        return arr(1)
+
+    t = threading.Thread(target=lambda: lru.get_or_compute("slow", slow))
+    t.start()
+    assert started.wait(5)
+    t0 = time.perf_counter()
+    assert lru.peek("slow") is None and time.perf_counter() - t0 < 0.5
+    gate.set()
+    t.join(5)
+    assert lru.peek("slow") is not None

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..cache import ArrayCache, make_key, through
 from ..errors import InputError
+from ..types import Progress
 from .topk import topk_cosine
 
 # Rows per block for row-wise float64 work, and (boots x samples) elements per bootstrap chunk.
@@ -115,6 +116,7 @@ def random_null(
     seed: int = 0,
     device: str = "auto",
     cache: ArrayCache | None | bool = True,
+    progress: Progress | None = None,
 ) -> np.ndarray:  # [n_a] float32
     """What chance looks like: k-th largest cosine (k=1: the max) of random unit directions.
 
@@ -123,6 +125,7 @@ def random_null(
     among the other rows of A when `n_b` is None. Same seed, same values.
     cache: True uses the default disk cache, False none, or a given ArrayCache; the key is
     (n_a, n_b, d, k, seed), since at 46,080 features this is a full top-k pass.
+    progress: progress(done, total) over A's rows, as `topk_cosine` reports it.
     """
     if d < 1 or n_a < 1 or (n_b is not None and n_b < 1):
         raise InputError(f"random_null needs n_a >= 1, n_b >= 1 and d >= 1, got {n_a}, {n_b}, {d}")
@@ -134,7 +137,7 @@ def random_null(
         rng = np.random.default_rng(seed)
         a = random_unit_rows(n_a, d, rng)
         b = None if n_b is None else random_unit_rows(n_b, d, rng)
-        return {"values": topk_cosine(a, b, k, device=device).values[:, k - 1].copy()}, {}
+        return {"values": topk_cosine(a, b, k, device=device, progress=progress).values[:, k - 1].copy()}, {}
 
     nb = None if n_b is None else int(n_b)  # int(): numpy and Python integers, one key
     key = make_key("random_null", n_a=int(n_a), n_b=nb, d=int(d), k=int(k), seed=int(seed))
