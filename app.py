@@ -10,10 +10,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import frame, session, store, uploads
+from dashboard import background, frame, session, store, uploads
 from dashboard.feedback import hosted, show_error, shown_uri
 from sae_backend import SAEError
 from sae_backend.catalogue import catalogue
+from sae_backend.geometry.compare import Comparison
+from sae_backend.jobs import Job
 
 frame.page("Dictionaries")
 st.title("SAE dictionary geometry")
@@ -23,14 +25,18 @@ st.caption(
 )
 
 # --- The table of loaded dictionaries -------------------------------------------------------
-rows = []
+# Nothing here waits: dictionaries still loading and within-dictionary comparisons still
+# computing (background jobs) show progress bars, and the page reruns as each one arrives.
+st.subheader("Loaded dictionaries")
+rows, computing = [], []
 for name, d in store.dictionaries().items():
     try:
-        with st.spinner(f"Within-dictionary max cosine of {name} ..."):
-            mmcs = store.comparison(d, None).summary().mean
+        within = background.outcome(store.comparison_work(d, None, label=f"within {name}"))
     except SAEError as e:  # e.g. fewer than two alive features
         show_error(e, name)
-        mmcs = float("nan")
+        within = None
+    if isinstance(within, Job):
+        computing.append(within)
     rows.append(
         {
             "name": name,
@@ -40,18 +46,22 @@ for name, d in store.dictionaries().items():
             "d_model": d.d_model,
             "hook": d.meta.hook or "",
             "format": d.meta.format,
-            "within MMCS": mmcs,
+            "within MMCS": (
+                within.summary().mean if isinstance(within, Comparison) else float("nan")
+            ),
         }
     )
-st.subheader("Loaded dictionaries")
 if rows:
     st.dataframe(
         pd.DataFrame(rows),
         hide_index=True,
         column_config={"within MMCS": st.column_config.NumberColumn(format="%.3f")},
     )
-else:
+elif not session.entries():
     st.info("No dictionaries loaded: add one below.")
+if computing:
+    st.caption("Within-dictionary max cosine (MMCS), computing:")
+    background.progress_bars(computing)
 
 # --- Add ------------------------------------------------------------------------------------
 st.subheader("Add a dictionary")
@@ -95,11 +105,10 @@ with by_uri:
             try:
                 chosen = name.strip() or session.suggest_name(uri.strip())
                 opts = {"position": position.strip(), "orientation": orientation}
-                session.add(chosen, uri.strip(), opts)
-                st.success(f"Loaded {chosen}.")
+                session.add(chosen, uri.strip(), opts)  # loads in the background
                 st.rerun()
             except SAEError as e:
-                show_error(e)
+                show_error(e, sticky=True)
 
 with from_menu:
     cat = catalogue()
@@ -128,7 +137,7 @@ with from_menu:
                 session.add(f"L{layer}-{sae_type}-{criterion}", uris[kind])
                 st.rerun()
             except SAEError as e:
-                show_error(e)
+                show_error(e, sticky=True)
 
 
 def upload_section() -> None:
@@ -154,7 +163,7 @@ def upload_section() -> None:
             session.add(name, path, {"orientation": up_orientation}, upload=True)
             st.rerun()
         except SAEError as e:
-            show_error(e)
+            show_error(e, sticky=True)
 
 
 for tab in upload_tab:
@@ -172,7 +181,7 @@ if session.entries():
             session.rename(target, new_name)
             st.rerun()
         except SAEError as e:
-            show_error(e)
+            show_error(e, sticky=True)
     if c4.button("Remove"):
         session.remove(target)
         st.rerun()

@@ -4,14 +4,16 @@ This package imports streamlit; `sae_backend` never does. Pages lay out widgets 
 it; every number comes from `sae_backend`. One module per concern:
 
     frame    page(title): page config, login gate, demo seeding, sidebar page links and list
+    background  the one register of background jobs: results or progress bars, never a wait
     auth     the password and OIDC gates; the W&B key from the app's secrets
     feedback which server this is (hosted or local); errors, progress and sources as shown
     session  the session's named dictionaries (Entry), the one name rule, share links
     uploads  uploaded files on disk: size limit, content-named folders, day-old cleanup
-    store    the one shared in-memory store: dictionaries and results for every session
+    store    the one shared in-memory store: dictionaries and results for every session, and
+             the `Work` (key, compute, label) of each result pages ask `background` for
     text     pure text: the demo note, context windows, size limits
     charts   pure plotly figures: similarity histogram, MMCS heatmap, UMAP scatter
 
-Imports go one way, without cycles: text and feedback at the bottom, session on them, store
-and uploads above, frame on top; only pages import the frame.
+Imports go one way, without cycles: text, feedback and background at the bottom, session on
+them, store and uploads above, frame on top; only pages import the frame.
 """

@@ -33,13 +33,14 @@ class HistogramSeries:
     """One comparison (A → B, or within A) as the histogram draws it.
 
     max_cos: [n_a] float, each alive feature of A's largest cosine to B.
-    null:    [n_a] float, the same for random unit directions (counts and dimension of A, B).
+    null:    [n_a] float, the same for random unit directions (counts and dimension of A, B),
+             or None while it is computing (then not drawn).
     matched: [n_a] float, cosines of the one-to-one matching (NaN: unmatched), or None.
     """
 
     label: str
     max_cos: np.ndarray
-    null: np.ndarray
+    null: np.ndarray | None
     matched: np.ndarray | None = None
 
 
@@ -72,7 +73,7 @@ def similarity_histogram(
                              marker_pattern_shape="/"),
                 **where,
             )  # fmt: skip
-        if show_null:
+        if show_null and s.null is not None:
             fig.add_trace(
                 go.Histogram(x=s.null, xbins=COSINE_BINS, name=f"null for {s.label}",
                              histnorm="probability density", marker_color=NULL_COLOUR,

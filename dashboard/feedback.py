@@ -48,12 +48,30 @@ def shown_uri(uri: str) -> str:
     return server.display(uri) if server is not None else uri
 
 
-def show_error(err: SAEError, what: str = "") -> None:
+STICKY_KEY = "sae_sticky_errors"  # session_state: errors of the visitor's last action
+
+
+def show_error(err: SAEError, what: str = "", *, sticky: bool = False) -> None:
     """One st.error line for an expected problem (never a traceback); on a hosted instance
-    without the server's private folders and secrets."""
+    without the server's private folders and secrets. sticky: the error of a one-off action
+    (adding a dictionary, opening a link), shown again on the reruns a progress bar starts
+    (no action of the visitor's) until the visitor's next action (`replay_sticky`)."""
     text = f"{what}: {err}" if what else str(err)
     server = hosted()
-    st.error(server.redact(text) if server is not None else text)
+    text = server.redact(text) if server is not None else text
+    st.error(text)
+    if sticky:
+        st.session_state.setdefault(STICKY_KEY, []).append(text)
+
+
+def replay_sticky(by_a_bar: bool) -> None:
+    """On a rerun a progress bar started: the sticky errors again (they would vanish with the
+    run that showed them); on any other run: forget them, the visitor has acted since."""
+    if not by_a_bar:
+        st.session_state.pop(STICKY_KEY, None)
+        return
+    for text in st.session_state.get(STICKY_KEY, []):
+        st.error(text)
 
 
 def progress_callback(text: str) -> tuple[DeltaGenerator, Progress]:

@@ -2,9 +2,10 @@
 
 Streamlit runs each page file on its own (a deep link or a new tab starts a fresh session on
 that page), so each page file begins with `frame.page(...)`, before any other Streamlit call
-(tests/test_pages.py checks this): page config, the login of a hosted instance, the demo for a
-fresh session, then the sidebar. A session that is not logged in sees only the login: the
-sidebar's page links are drawn after the gate. They replace Streamlit's own list of the
+(tests/test_pages.py checks this): page config, the run's short budget for waiting on new
+background jobs (`background.start_run`), the login of a hosted instance, the demo for a fresh
+session, then the sidebar. A session that is not logged in sees only the login: the sidebar's
+page links are drawn after the gate. They replace Streamlit's own list of the
 `pages/` folder (hidden in .streamlit/config.toml), which would call the home page "app".
 """
 
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import auth
-from dashboard.feedback import hosted, is_demo, shown_uri
+from dashboard import auth, background
+from dashboard.feedback import hosted, is_demo, replay_sticky, shown_uri
 from dashboard.session import entries, seed_demo
 from dashboard.text import demo_note
 
@@ -32,9 +33,11 @@ def page(title: str) -> None:
     """Page config, the login of a hosted instance, demo on first visit, and the sidebar:
     page links and the list of loaded dictionaries."""
     st.set_page_config(page_title=f"SAE geometry · {title}", layout="wide")
+    by_a_bar = background.start_run()  # this run's short wait for new jobs starts now
     server = hosted()
     if server is not None:
         auth.gate(server)  # a stranger's page stops here: no sidebar at all
+    replay_sticky(by_a_bar)
     auth.wandb_key_from_secrets()
     seed_demo()
     with st.sidebar:

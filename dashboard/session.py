@@ -17,13 +17,14 @@ from typing import cast
 
 import streamlit as st
 
-from dashboard.feedback import hosted, is_demo, progress_callback, show_error, shown_uri
+from dashboard.feedback import hosted, is_demo, show_error, shown_uri
 from sae_backend import Dictionary, SAEError, load
 from sae_backend.demo import demo_sources
 from sae_backend.errors import InputError
 from sae_backend.types import DownloadProgress, Orientation
 
 STATE_KEY = "sae_dicts"  # session_state: {name: Entry}, in the order they were added
+FRESH_KEY = "sae_fresh"  # session_state: names added since their load was last started
 SHARED_OPTIONS = ("orientation", "key")  # load options a share link carries as parameters
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 
@@ -88,23 +89,26 @@ def check_name(name: str, taken: Collection[str]) -> str:
 def add(
     name: str, uri: str, options: Mapping[str, str] | None = None, *, upload: bool = False
 ) -> None:
-    """Load (uri, options) and register it under `name`; raises SAEError (nothing registered).
+    """Register (uri, options) under `name` at once; raises SAEError for a refused source or
+    name (nothing registered).
 
     On a hosted instance a visitor's URI must pass the server's rules first (`Hosted.
     check_source`); `upload=True` marks a path that `save_upload` wrote, which needs none.
-    The load here shows a progress bar (downloads, the backend's disk cache) and proves the
-    source readable; the shared store then loads it from the backend's cache on the rerun."""
+    Nothing is loaded here: the next `dashboard.store.dictionaries()` starts the load in the
+    background (with a progress bar), and a source that turns out unreadable shows its error
+    there and leaves the session."""
     server = hosted()
     if server is not None and not upload:
         uri = server.check_source(uri)
     name = check_name(name, entries())
-    entry = Entry.of(uri, options)
-    bar, update = progress_callback(f"Loading {uri} ...")
-    try:
-        entry.load(progress=update)
-    finally:
-        bar.empty()
-    entries()[name] = entry
+    entries()[name] = Entry.of(uri, options)
+    st.session_state.setdefault(FRESH_KEY, set()).add(name)
+
+
+def take_fresh() -> set[str]:
+    """The names added since their load was last started, forgetting them: a load that failed
+    before is tried again for a new add, not on every rerun."""
+    return st.session_state.pop(FRESH_KEY, set())
 
 
 def rename(old: str, new: str) -> None:
@@ -113,10 +117,15 @@ def rename(old: str, new: str) -> None:
         return
     new = check_name(new, entries())
     st.session_state[STATE_KEY] = {(new if k == old else k): v for k, v in entries().items()}
+    fresh = st.session_state.get(FRESH_KEY, set())
+    if old in fresh:
+        fresh.discard(old)
+        fresh.add(new)
 
 
 def remove(name: str) -> None:
     entries().pop(name, None)
+    st.session_state.get(FRESH_KEY, set()).discard(name)
 
 
 def suggest_name(uri: str) -> str:
@@ -151,4 +160,4 @@ def adopt_from_url() -> None:
     try:
         add(name, src, options)
     except SAEError as e:
-        show_error(e, f"The link's {name}")
+        show_error(e, f"The link's {name}", sticky=True)

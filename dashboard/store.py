@@ -5,14 +5,24 @@ dictionary of 46k x 768 floats is 140 MB; a count of entries could not bound tha
 sources, options and content fingerprints, never hashes of big arrays; the backend also caches
 results on disk, so an evicted result costs one read. Wrappers keep the backend's defaults
 (tests/test_precompute.py checks that pages ask for what `precompute` fills).
+
+Pages never block on a result: each `*_work(...)` below names one (a `background.Work`: its
+key, how to compute it with progress, a label), and pages ask `background.soon/outcome` for
+it: known results at once, the others computed by background jobs (once per key for every
+session) behind progress bars. `dictionaries()` works the same way for the session's
+dictionaries. The blocking wrappers (`comparison`, `matching`, ...) go through the same jobs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import streamlit as st
 
-from dashboard.feedback import hosted, show_error
+from dashboard import background, session
+from dashboard.background import Work
+from dashboard.feedback import hosted, show_error, shown_uri
 from dashboard.session import Entry, entries
 from dashboard.text import Contexts
 from sae_backend import Dictionary, SAEError, compare, match, settings
@@ -20,8 +30,10 @@ from sae_backend.demo import demo_contexts
 from sae_backend.geometry.compare import Comparison
 from sae_backend.geometry.matching import Matching
 from sae_backend.geometry.stats import BootstrapCI, bootstrap_mean_difference, random_null
+from sae_backend.jobs import Job
 from sae_backend.memory import MemoryLRU
-from sae_backend.types import Directions
+from sae_backend.projection import Embedding, umap_embedding
+from sae_backend.types import Directions, DownloadProgress, Progress
 
 UMAP_AUTO_LIMIT = 10_000  # the UMAP page computes up to this many points unasked; more: a button
 
@@ -35,29 +47,61 @@ def shared_memory() -> MemoryLRU:
     return MemoryLRU(mb * 2**20)
 
 
+def _downloads(progress: Progress) -> DownloadProgress:
+    """The backend's download hook (done, total or None, what) as a job's progress."""
+
+    def update(done: int, total: int | None, _what: str = "") -> None:
+        progress(done, total or 0)
+
+    return update
+
+
+def dictionary_work(entry: Entry) -> Work[Dictionary]:
+    """Loading an entry's dictionary (downloads and the backend's disk cache included)."""
+    return Work(
+        ("dictionary", entry.uri, entry.options),
+        lambda progress: entry.load(progress=_downloads(progress)),
+        f"Loading {shown_uri(entry.uri)}",
+        shared_memory(),
+    )
+
+
 def load_entry(entry: Entry) -> Dictionary:
-    """The Dictionary an entry names, from the shared store; raises SAEError."""
-    return shared_memory().get_or_compute(("dictionary", entry.uri, entry.options), entry.load)
+    """The Dictionary an entry names, waiting for it; raises SAEError."""
+    return background.now(dictionary_work(entry))
 
 
 def dictionaries() -> dict[str, Dictionary]:
-    """Every dictionary of this session by name; one that fails to load shows an st.error and
-    is left out, so the others still work."""
-    out = {}
+    """This session's loaded dictionaries by name, at once. Those still loading get a progress
+    bar here and are left out until loaded (the page then reruns); one that fails to load shows
+    its error once and leaves the session, so nothing stays half-added."""
+    out, loading = {}, []
+    fresh = session.take_fresh()
     for name, entry in list(entries().items()):
+        work = dictionary_work(entry)
         try:
-            with st.spinner(f"Loading {name} ..."):
-                out[name] = load_entry(entry)
+            if name in fresh:  # just added: (re)start it, even after an earlier failure
+                background.start(work)
+            got = background.outcome(work)
         except SAEError as e:
-            show_error(e, name)
+            show_error(e, name, sticky=True)
+            session.remove(name)
+            continue
+        if isinstance(got, Job):
+            loading.append(got)
+        else:
+            out[name] = got
+    background.progress_bars(loading)
     return out
 
 
 def dictionaries_or_stop() -> dict[str, Dictionary]:
-    """`dictionaries()` for a page that needs at least one: otherwise a hint, and the page stops."""
+    """`dictionaries()` for a page that needs at least one: otherwise a hint (or, while some
+    are loading, their progress bars), and the page stops."""
     dicts = dictionaries()
     if not dicts:
-        st.info("Load a dictionary on the home page first.")
+        if not entries():
+            st.info("Load a dictionary on the home page first.")
         st.stop()
     return dicts
 
@@ -67,34 +111,100 @@ def contexts(name: str) -> Contexts:
     return demo_contexts(entries()[name].uri)
 
 
+def comparison_work(
+    a: Dictionary,
+    b: Dictionary | None,
+    directions: Directions = "decoder",
+    k: int = 1,
+    label: str = "",
+) -> Work[Comparison]:
+    """compare(a, b) (b None: within a); the backend also caches it on disk."""
+
+    def compute(progress: Progress) -> Comparison:
+        return compare(a, b, directions=directions, k=k, progress=progress)
+
+    key = ("compare", a.fingerprint, b and b.fingerprint, directions, k)
+    return Work(key, compute, label or f"compare ({directions})", shared_memory())
+
+
+def matching_work(
+    a: Dictionary, b: Dictionary, directions: Directions = "decoder", label: str = ""
+) -> Work[Matching]:
+    """One-to-one matching (indices are feature indices)."""
+
+    def compute(progress: Progress) -> Matching:
+        return match(a, b, directions=directions, progress=progress)
+
+    key = ("match", a.fingerprint, b.fingerprint, directions)
+    return Work(key, compute, label or f"one-to-one matching ({directions})", shared_memory())
+
+
+def null_work(n_a: int, n_b: int | None, d: int) -> Work[np.ndarray]:
+    """[n_a] float32: max cosine of random unit directions with the same counts and dimension
+    (a full top-k pass at 46,080 features; cached on disk by the backend)."""
+    label = f"random null {n_a:,} x {'itself' if n_b is None else f'{n_b:,}'} in {d} dims"
+    return Work(
+        ("null", n_a, n_b, d),
+        lambda progress: random_null(n_a, n_b, d, progress=progress),
+        label,
+        shared_memory(),
+    )
+
+
+def bootstrap_work(
+    x_key: tuple[object, ...], x: np.ndarray, y_key: tuple[object, ...], y: np.ndarray
+) -> Work[BootstrapCI]:
+    """bootstrap_mean_difference(x, y) (2,000 resamples, seeded: seconds at 46,080 features);
+    x_key / y_key name the arrays, e.g. (a_fp, b_fp, directions)."""
+    return Work(
+        ("bootstrap", x_key, y_key),
+        lambda _progress: bootstrap_mean_difference(x, y),
+        "bootstrap interval of a difference of MMCS",
+        shared_memory(),
+    )
+
+
+def umap_work(
+    dicts: Sequence[Dictionary],
+    directions: Directions,
+    n_neighbors: int,
+    min_dist: float,
+    seed: int,
+    label: str = "",
+) -> Work[Embedding]:
+    """One UMAP of the alive directions of `dicts` (kNN rows, then epochs, as progress); the
+    backend caches it on disk."""
+
+    def compute(progress: Progress) -> Embedding:
+        return umap_embedding(
+            dicts, directions=directions, n_neighbors=n_neighbors, min_dist=min_dist,
+            seed=seed, progress=progress,
+        )  # fmt: skip
+
+    key = ("umap", tuple(d.fingerprint for d in dicts), directions, n_neighbors, min_dist, seed)
+    return Work(key, compute, label or "UMAP", shared_memory())
+
+
+# Blocking forms, for code that cannot go on without the result (same jobs, same store).
 def comparison(
     a: Dictionary, b: Dictionary | None, directions: Directions = "decoder", k: int = 1
 ) -> Comparison:
-    """compare(a, b) (b None: within a) from the shared store; the backend caches it on disk."""
-    key = ("compare", a.fingerprint, b and b.fingerprint, directions, k)
-    return shared_memory().get_or_compute(key, lambda: compare(a, b, directions=directions, k=k))
+    """compare(a, b) (b None: within a), waiting for it."""
+    return background.now(comparison_work(a, b, directions, k))
 
 
 def matching(a: Dictionary, b: Dictionary, directions: Directions = "decoder") -> Matching:
-    """One-to-one matching (indices are feature indices), from the shared store."""
-    key = ("match", a.fingerprint, b.fingerprint, directions)
-    return shared_memory().get_or_compute(key, lambda: match(a, b, directions=directions))
+    """One-to-one matching (indices are feature indices), waiting for it."""
+    return background.now(matching_work(a, b, directions))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def null_max_cos(n_a: int, n_b: int | None, d: int) -> np.ndarray:  # [n_a] float32
-    """Max cosine of random unit directions with the same counts and dimension."""
-    return random_null(n_a, n_b, d)
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _bootstrap(key: tuple[object, ...], _x: np.ndarray, _y: np.ndarray) -> BootstrapCI:
-    return bootstrap_mean_difference(_x, _y)
+    """Max cosine of random unit directions with the same counts and dimension, waiting."""
+    return background.now(null_work(n_a, n_b, d))
 
 
 def bootstrap_ci(
     x_key: tuple[object, ...], x: np.ndarray, y_key: tuple[object, ...], y: np.ndarray
 ) -> BootstrapCI:
-    """bootstrap_mean_difference(x, y) (2,000 resamples, seeded: seconds at 46,080 features),
-    held in memory; x_key / y_key name the arrays, e.g. (a_fp, b_fp, directions)."""
-    return _bootstrap((x_key, y_key), x, y)
+    """bootstrap_mean_difference(x, y), waiting for it."""
+    return background.now(bootstrap_work(x_key, x, y_key, y))

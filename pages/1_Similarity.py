@@ -8,10 +8,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, frame, store
+from dashboard import background, charts, frame, session, store
 from dashboard.feedback import show_error
 from sae_backend import SAEError
+from sae_backend.geometry.compare import Comparison
+from sae_backend.geometry.matching import Matching
 from sae_backend.geometry.stats import summarize
+from sae_backend.jobs import Job
 
 frame.page("Similarity")
 st.title("Similarity")
@@ -19,8 +22,8 @@ st.caption(
     "For each feature of A (alive ones only), the largest cosine similarity to any feature of "
     "B: high = B has a near-copy of it. 'within A' compares A with itself, self excluded."
 )
-dicts = store.dictionaries_or_stop()
-names = list(dicts)
+dicts = store.dictionaries_or_stop()  # those loaded; the others show their loading bars
+names = list(session.entries())  # every one, loaded or not: the widgets' options stay put
 
 SEP = " → "
 options = [f"{a}{SEP}{b}" for a in names for b in names if a != b] + [f"within {a}" for a in names]
@@ -62,18 +65,32 @@ small = all(d.n_features <= 4096 for d in dicts.values())
 do_match = c2.checkbox("One-to-one matching (A → B)", value=small)
 thresholds = c3.multiselect("Thresholds", [0.3, 0.5, 0.7, 0.8, 0.9, 0.95], default=[0.5, 0.7, 0.9])
 
+# Nothing below waits: what is known (in the shared store, e.g. "within A" from the home page)
+# is drawn at once; the rest is computed by background jobs behind progress bars, and the page
+# reruns as each result arrives.
 results = {}  # label -> dict of the backend's results and the table row
+computing: list[Job] = []  # unfinished jobs of the chosen comparisons
 for label in chosen:
     a_name, b_name = parse(label)
+    if a_name not in dicts or (b_name is not None and b_name not in dicts):
+        continue  # still loading (its bar is at the top)
     a, b = dicts[a_name], None if b_name is None else dicts[b_name]
     try:
-        with st.spinner(f"Comparing {label} ..."):
-            res = store.comparison(a, b, directions)
-            null = store.null_max_cos(a.n_alive, None if b is None else b.n_alive, a.d_model)
-            m = store.matching(a, b, directions) if (do_match and b is not None) else None
+        res = background.outcome(store.comparison_work(a, b, directions, label=label))
+        null = background.outcome(
+            store.null_work(a.n_alive, None if b is None else b.n_alive, a.d_model)
+        )
+        m = None
+        if do_match and b is not None:
+            m = background.outcome(store.matching_work(a, b, directions, f"matching {label}"))
     except SAEError as e:
         show_error(e, label)
         continue
+    computing += background.pending(res, null, m)
+    if not isinstance(res, Comparison):
+        continue
+    null = null if isinstance(null, np.ndarray) else None
+    m = m if isinstance(m, Matching) else None
     s = summarize(res.max_cos, thresholds)
     dc = res.double_counting(b.n_features if b is not None else a.n_features)
     row = {
@@ -82,7 +99,7 @@ for label in chosen:
         "MMCS": s.mean,
         "median": s.median,
         **{f"> {t}": f for t, f in s.above.items()},
-        "null mean": float(null.mean()),
+        "null mean": np.nan if null is None else float(null.mean()),
         "distinct targets": dc.n_targets,
         "targeted fraction": dc.fraction_targeted,
         "max in-degree": dc.max_in_degree,
@@ -93,83 +110,104 @@ for label in chosen:
     key = (a.fingerprint, b and b.fingerprint, directions)  # names res.max_cos for caches
     results[label] = {"res": res, "null": null, "m": m, "row": row, "key": key}
 
-if not results:
-    st.stop()
-
-# --- Histograms -----------------------------------------------------------------------------
-labels = list(results)
-series = [
-    charts.HistogramSeries(
-        label, r["res"].max_cos, r["null"], None if r["m"] is None else r["m"].cosine
-    )
-    for label, r in results.items()
-]
-fig = charts.similarity_histogram(series, layout, show_null)
-st.plotly_chart(fig, key="hist")
-st.caption(
-    "Dashed lines: means (MMCS). Grey: the same comparison between random unit directions "
-    "with the same counts and dimension. Hatched: cosines of the optimal one-to-one matching, "
-    "where no feature of B is claimed twice."
-)
-
-table = pd.DataFrame([r["row"] for r in results.values()])
-st.dataframe(table, hide_index=True)
+computing = list(dict.fromkeys(computing))  # a job shared by two comparisons: one bar
+background.progress_bars(computing)
 
 
-def per_feature_csv() -> str:
-    """Every chosen comparison's per-feature numbers; built only when downloaded (large)."""
-    long = []
-    for label, r in results.items():
-        res = r["res"]
-        part = pd.DataFrame(
-            {
-                "comparison": label,
-                "feature": res.a_index,
-                "max_cos": res.max_cos,
-                "nearest": res.nearest,
-            }
+def known_comparisons() -> None:
+    """Histograms, table, downloads and the bootstrap interval of the comparisons known."""
+    labels = list(results)
+    series = [
+        charts.HistogramSeries(
+            label, r["res"].max_cos, r["null"], None if r["m"] is None else r["m"].cosine
         )
-        if r["m"] is not None:
-            part["matched"] = r["m"].b_index
-            part["matched_cos"] = r["m"].cosine
-        long.append(part)
-    return pd.concat(long).to_csv(index=False)
+        for label, r in results.items()
+    ]
+    fig = charts.similarity_histogram(series, layout, show_null)
+    st.plotly_chart(fig, key="hist")
+    st.caption(
+        "Dashed lines: means (MMCS). Grey: the same comparison between random unit directions "
+        "with the same counts and dimension. Hatched: cosines of the optimal one-to-one "
+        "matching, where no feature of B is claimed twice."
+    )
+    table = pd.DataFrame([r["row"] for r in results.values()])
+    st.dataframe(table, hide_index=True)
 
+    def per_feature_csv() -> str:
+        """Every shown comparison's per-feature numbers; built only when downloaded (large)."""
+        long = []
+        for label, r in results.items():
+            res = r["res"]
+            part = pd.DataFrame(
+                {
+                    "comparison": label,
+                    "feature": res.a_index,
+                    "max_cos": res.max_cos,
+                    "nearest": res.nearest,
+                }
+            )
+            if r["m"] is not None:
+                part["matched"] = r["m"].b_index
+                part["matched_cos"] = r["m"].cosine
+            long.append(part)
+        return pd.concat(long).to_csv(index=False)
 
-c1, c2, c3 = st.columns(3)
-c1.download_button("Summary (CSV)", table.to_csv(index=False), "similarity_summary.csv", "text/csv")
-c2.download_button(
-    "Per-feature numbers (CSV)", per_feature_csv, "similarity_per_feature.csv", "text/csv"
-)
-c3.download_button(
-    "Figure (HTML)", lambda: fig.to_html(include_plotlyjs="cdn"), "similarity.html", "text/html"
-)
+    c1, c2, c3 = st.columns(3)
+    c1.download_button(
+        "Summary (CSV)", table.to_csv(index=False), "similarity_summary.csv", "text/csv"
+    )
+    c2.download_button(
+        "Per-feature numbers (CSV)", per_feature_csv, "similarity_per_feature.csv", "text/csv"
+    )
+    c3.download_button(
+        "Figure (HTML)", lambda: fig.to_html(include_plotlyjs="cdn"), "similarity.html",
+        "text/html",
+    )  # fmt: skip
 
-# --- Bootstrap CI of a difference of means --------------------------------------------------
-if len(labels) >= 2:
+    # --- Bootstrap CI of a difference of means ----------------------------------------------
+    if len(labels) < 2:
+        return
     st.subheader("Is one comparison's MMCS higher than another's?")
     c1, c2 = st.columns(2)
     x_label = c1.selectbox("First", labels, index=0)
     y_label = c2.selectbox("Second", labels, index=1)
     rx, ry = results[x_label], results[y_label]
-    ci = store.bootstrap_ci(rx["key"], rx["res"].max_cos, ry["key"], ry["res"].max_cos)
-    st.metric(
-        f"MMCS({x_label}) − MMCS({y_label})",
-        f"{ci.diff:+.4f}",
-        help="95% percentile bootstrap interval, features resampled with replacement",
+    ci = background.soon(
+        store.bootstrap_work(rx["key"], rx["res"].max_cos, ry["key"], ry["res"].max_cos)
     )
-    st.caption(f"95% bootstrap interval: [{ci.low:+.4f}, {ci.high:+.4f}] (2,000 resamples).")
+    if ci is not None:
+        st.metric(
+            f"MMCS({x_label}) − MMCS({y_label})",
+            f"{ci.diff:+.4f}",
+            help="95% percentile bootstrap interval, features resampled with replacement",
+        )
+        st.caption(f"95% bootstrap interval: [{ci.low:+.4f}, {ci.high:+.4f}] (2,000 resamples).")
+
+
+if results:
+    known_comparisons()
 
 # --- MMCS heatmap ---------------------------------------------------------------------------
 st.subheader("MMCS between every pair of loaded dictionaries")
 st.caption("Row: A, column: B; the diagonal is within-dictionary. Click a cell to add it above.")
-grid = np.full((len(names), len(names)), np.nan)  # [A, B] MMCS; NaN: not comparable
-with st.spinner("Comparing every pair ..."):
-    for i, a_name in enumerate(names):
-        for j, b_name in enumerate(names):
-            a, b = dicts[a_name], (None if i == j else dicts[b_name])
-            with contextlib.suppress(SAEError):  # mismatched d_model, no encoder: left empty
-                grid[i, j] = store.comparison(a, b, directions).summary().mean
+grid = np.full((len(names), len(names)), np.nan)  # [A, B] MMCS; NaN: not comparable or not yet
+cells: list[Job] = []  # cells still computing
+for i, a_name in enumerate(names):
+    for j, b_name in enumerate(names):
+        if a_name not in dicts or b_name not in dicts:
+            continue  # still loading
+        a, b = dicts[a_name], (None if i == j else dicts[b_name])
+        label = label_of(a_name, b_name)
+        with contextlib.suppress(SAEError):  # mismatched d_model, no encoder: left empty
+            cell = background.outcome(store.comparison_work(a, b, directions, label=label))
+            if isinstance(cell, Comparison):
+                grid[i, j] = cell.summary().mean
+            else:
+                cells.append(cell)
 st.plotly_chart(
     charts.mmcs_heatmap(grid, names), key="heat", on_select=open_cell, selection_mode="points"
 )
+if np.isnan(grid).any():
+    known = int((~np.isnan(grid)).sum())
+    st.caption(f"{known} of {grid.size} cells known; the others fill in as they are computed.")
+    background.progress_bars([c for c in cells if c not in computing])  # the rest: above

@@ -12,19 +12,21 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import frame, session, store
+from dashboard import background, frame, session, store
 from dashboard.feedback import is_demo, show_error
 from dashboard.text import context_markdown, context_plain, demo_note
 from sae_backend import SAEError
+from sae_backend.errors import InputError
 from sae_backend.geometry.neighbours import check_feature, feature_neighbours
 from sae_backend.geometry.stats import encoder_decoder_cosine
+from sae_backend.jobs import Job
 from sae_backend.neuronpedia import feature_url
 
 frame.page("Neighbours")
 st.title("Neighbours")
 session.adopt_from_url()
-dicts = store.dictionaries_or_stop()
-names = list(dicts)
+dicts = store.dictionaries_or_stop()  # those loaded; the others show their loading bars
+names = list(session.entries())  # every one, loaded or not: the widgets' options stay put
 
 
 def open_feature(dict_name: str, feature: int) -> None:
@@ -34,6 +36,8 @@ def open_feature(dict_name: str, feature: int) -> None:
 
 
 def first_alive(name: str) -> int:
+    if name not in dicts:
+        return 0  # still loading
     idx = dicts[name].alive_index
     return int(idx[0]) if len(idx) else 0
 
@@ -73,9 +77,15 @@ def on_pick(target: str, key: str) -> None:
 
 # --- Which feature: from the URL ------------------------------------------------------------
 name = st.query_params.get("dict", names[0])
-if name not in dicts:
-    st.error(f"No dictionary named {name!r} is loaded (loaded: {', '.join(names)}).")
-    name = names[0]
+if name not in dicts and name in session.entries():
+    st.caption(f"{name} is loading; this page shows it as soon as it is loaded.")
+    st.stop()  # its progress bar (drawn by dictionaries_or_stop) reruns the page when done
+if name not in dicts:  # sticky: the link that named it is rewritten below
+    loaded = ", ".join(names)
+    show_error(
+        InputError(f"No dictionary named {name!r} is loaded (loaded: {loaded})."), sticky=True
+    )
+    name = next(iter(dicts))
 d = dicts[name]
 try:
     feature = check_feature(d, st.query_params.get("feature", first_alive(name)))
@@ -132,20 +142,26 @@ if shown:
 
 
 # --- Its neighbours in every dictionary -----------------------------------------------------
-def partner(target: str) -> tuple[int, float] | None:
-    """The one-to-one match of this feature in `target`, if computed and matched."""
+def partner(target: str) -> tuple[int, float] | Job | None:
+    """The one-to-one match of this feature in `target` if matched; its job while the
+    matching is computing (in the background, once per pair for every session)."""
     if not show_match or target == name:
         return None
     pos = np.searchsorted(d.alive_index, feature)
     if pos >= len(d.alive_index) or d.alive_index[pos] != feature:
         return None  # a dead feature takes no part in the matching
-    with st.spinner(f"Matching {name} with {target} one-to-one ..."):
-        m = store.matching(d, dicts[target], directions)
+    work = store.matching_work(d, dicts[target], directions, f"matching {name} → {target}")
+    m = background.outcome(work)
+    if isinstance(m, Job):
+        return m
     j = int(m.b_index[pos])
     return None if j < 0 else (j, float(m.cosine[pos]))
 
 
 for target in [name] + [n for n in names if n != name]:
+    if target not in dicts:
+        st.caption(f"{target}: loading (its bar is at the top).")
+        continue
     other = dicts[target]
     title = f"within {target} (itself excluded)" if target == name else f"in {target}"
     st.markdown(f"**{title}**")
@@ -164,7 +180,9 @@ for target in [name] + [n for n in names if n != name]:
             "encoder cos": nb.encoder if nb.encoder is not None else np.nan,
         }
     )
-    if pair is not None:
+    if isinstance(pair, Job):
+        background.progress_bars([pair])
+    elif pair is not None:
         table["1-to-1"] = np.where(nb.index == pair[0], "✓", "")
         st.caption(f"One-to-one match: feature {pair[0]} (cosine {pair[1]:.3f}).")
     if other.density is not None:

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, frame, store
-from dashboard.feedback import progress_callback, show_error
+from dashboard import background, charts, frame, session, store
+from dashboard.feedback import show_error
 from dashboard.text import context_hover, context_markdown
 from sae_backend import SAEError
 from sae_backend.geometry.neighbours import feature_neighbours
+from sae_backend.jobs import Job
 from sae_backend.projection import UMAP_DEFAULTS, umap_embedding
 
 frame.page("UMAP")
@@ -26,8 +27,8 @@ st.caption(
     "dictionaries, in one embedding. Click a point for its neighbours; drag to zoom; "
     "choose box or lasso select in the chart's toolbar (top right) for a table and downloads."
 )
-dicts = store.dictionaries_or_stop()
-names = list(dicts)
+dicts = store.dictionaries_or_stop()  # those loaded; the others show their loading bars
+names = list(session.entries())  # every one, loaded or not: the widgets' options stay put
 
 c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
 chosen = c1.multiselect("Dictionaries", names, default=names[:2])
@@ -35,9 +36,15 @@ directions = c2.radio("Directions", ["decoder", "encoder"])
 n_neighbors = c3.number_input("n_neighbors", 2, 200, UMAP_DEFAULTS["n_neighbors"])
 min_dist = c4.number_input("min_dist", 0.0, 1.0, UMAP_DEFAULTS["min_dist"], step=0.05)
 seed = c5.number_input("seed", 0, 10_000, UMAP_DEFAULTS["seed"])
+colour_options = ["dictionary", "within-dictionary max cos", "density"]
+colour_options += [f"max cos to {n}" for n in names]
+colour = st.selectbox("Colour by", colour_options)
 if not chosen:
     st.info("Choose at least one dictionary.")
     st.stop()
+if any(n not in dicts for n in chosen):
+    st.caption("The embedding is computed once the chosen dictionaries are loaded.")
+    st.stop()  # their loading bars (at the top) rerun the page
 
 
 selected_dicts = [dicts[n] for n in chosen]
@@ -46,10 +53,19 @@ n_points = sum(d.n_alive for d in selected_dicts)
 # (clicks and selections rerun the page, and the button is False on every rerun after a press).
 wanted = (tuple(chosen), directions, int(n_neighbors), float(min_dist), int(seed))
 approved = st.session_state.setdefault("umap_approved", set())
+work = store.umap_work(
+    selected_dicts, directions, int(n_neighbors), float(min_dist), int(seed),
+    label=f"UMAP of {n_points:,} points ({', '.join(chosen)})",
+)  # fmt: skip
 
 
 def cached() -> bool:
-    """Whether this embedding is on disk already (e.g. from `precompute`): then no button."""
+    """Whether this embedding is known already: in memory, being computed (for any session),
+    or on disk (e.g. from `precompute`). Then no button."""
+    if work.memory is not None and work.memory.peek(work.key) is not None:
+        return True
+    if background.jobs().get(work.key) is not None:
+        return True
     try:
         return umap_embedding(
             selected_dicts, directions=directions, n_neighbors=int(n_neighbors),
@@ -64,29 +80,24 @@ if n_points > store.UMAP_AUTO_LIMIT and wanted not in approved and not cached():
         st.info(f"{n_points:,} points: computing takes a while (once; then it is cached).")
         st.stop()
     approved.add(wanted)
-bar, update = progress_callback(f"UMAP of {n_points:,} points ...")
 try:
-    # No st.cache_*: the backend caches embeddings on disk (a hit costs one small read), and a
-    # cached Streamlit function could not drive the progress bar.
-    emb = umap_embedding(
-        selected_dicts, directions=directions, n_neighbors=int(n_neighbors),
-        min_dist=float(min_dist), seed=int(seed), progress=update,
-    )  # fmt: skip
+    # In the background (kNN rows, then epochs, as progress): leaving the page does not stop
+    # it, and the next visit (from any session) finds it running or done.
+    emb = background.soon(work)
 except SAEError as e:
     show_error(e)
     st.stop()
-finally:
-    bar.empty()
+if emb is None:
+    st.stop()  # the progress bar above reruns the page when the embedding is done
 
 # --- Colour ---------------------------------------------------------------------------------
-colour_options = ["dictionary", "within-dictionary max cos", "density"]
-colour_options += [f"max cos to {n}" for n in names]
-colour = st.selectbox("Colour by", colour_options)
 
 
-def metric_values() -> np.ndarray:  # [N] float, NaN where unknown
-    """The chosen colour's value at every point: density, or the max cosine of its feature."""
+def metric_values() -> np.ndarray | None:  # [N] float, NaN where unknown
+    """The chosen colour's value at every point: density, or the max cosine of its feature;
+    None while a comparison it needs is computing (its progress bar is drawn here)."""
     values = np.full(len(emb), np.nan)
+    computing = []
     for k, d in enumerate(selected_dicts):
         sel = emb.dict_index == k
         feats = emb.feature[sel]
@@ -94,13 +105,23 @@ def metric_values() -> np.ndarray:  # [N] float, NaN where unknown
             if d.density is not None:
                 values[sel] = d.density[feats]
             continue
-        other = None
+        other, target_name = None, colour.removeprefix("max cos to ")
         if colour.startswith("max cos to "):
-            target = dicts[colour.removeprefix("max cos to ")]
+            if target_name not in dicts:  # still loading: its bar is at the top
+                return None
+            target = dicts[target_name]
             other = None if target is d else target
-        res = store.comparison(d, other, directions)
+        label = f"within {chosen[k]}" if other is None else f"{chosen[k]} → {target_name}"
+        res = background.outcome(store.comparison_work(d, other, directions, label=label))
+        if isinstance(res, Job):
+            computing.append(res)
+            continue
         pos = {int(f): i for i, f in enumerate(res.a_index)}
         values[sel] = [res.max_cos[pos[int(f)]] for f in feats]
+    if computing:
+        st.caption(f"Colour by {colour}: computing; meanwhile coloured by dictionary.")
+        background.progress_bars(computing)
+        return None
     return values
 
 
@@ -113,7 +134,9 @@ try:
 except SAEError as e:
     show_error(e)
     st.stop()
-fig, traces = charts.umap_scatter(emb, chosen, hover, values, colour)
+fig, traces = charts.umap_scatter(
+    emb, chosen, hover, values, colour if values is not None else "dictionary"
+)
 event = st.plotly_chart(
     fig, key="umap", on_select="rerun", selection_mode=("points", "box", "lasso")
 )

@@ -2,17 +2,19 @@
 
 Every number comes from the process itself: the disk cache (`sae_backend.cache`), the shared
 in-memory store (`dashboard.store.shared_memory`), and the activity register
-(`sae_backend.activity`), which counts each computation the cache had to run.
+(`sae_backend.activity`), which counts each computation the cache had to run, and the pages'
+background jobs (`dashboard.background.jobs`).
 """
 
 from __future__ import annotations
 
 import resource
+import time
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import frame, store
+from dashboard import background, frame, store
 from dashboard.feedback import hosted
 from sae_backend.activity import ACTIVITY, devices_busy
 from sae_backend.cache import default_cache
@@ -52,24 +54,50 @@ st.caption(
     f"computation: {max(runs.values(), default=0)}."
 )
 
-st.subheader("In progress")
-busy = devices_busy()
-if busy:
-    st.caption(
-        "Heavy-work lock per device (shared with other processes, e.g. a `precompute` run): "
-        + ", ".join(f"{dev} {'busy' if held else 'free'}" for dev, held in busy.items())
-    )
-if snap.tasks:
-    st.dataframe(
-        pd.DataFrame(
-            [{"kind": t.kind, "what": t.label, "state": t.state, "seconds": t.seconds}
-             for t in snap.tasks]
-        ),
-        hide_index=True,
-        column_config={"seconds": st.column_config.NumberColumn(format="%.1f")},
-    )  # fmt: skip
-else:
-    st.write("Nothing is being computed.")
+
+@st.fragment(run_every=2.0)
+def in_progress() -> None:
+    """Background jobs of the pages and the backend's computations, redrawn every 2 s (only
+    this part: the rest of the page stays as it is)."""
+    st.subheader("In progress")
+    jobs = background.jobs().unfinished()
+    if jobs:
+        st.caption("Background jobs (pages submit them; they run on when a visitor leaves):")
+        st.dataframe(
+            pd.DataFrame(
+                [{"what": j.label, "state": j.state,
+                  "progress": None if j.fraction is None else 100 * j.fraction,
+                  "seconds": time.monotonic() - j.submitted}
+                 for j in jobs]
+            ),
+            hide_index=True,
+            column_config={
+                "progress": st.column_config.ProgressColumn(format="%.0f%%", min_value=0,
+                                                            max_value=100),
+                "seconds": st.column_config.NumberColumn(format="%.1f"),
+            },
+        )  # fmt: skip
+    busy = devices_busy()
+    if busy:
+        st.caption(
+            "Heavy-work lock per device (shared with other processes, e.g. a `precompute` run): "
+            + ", ".join(f"{dev} {'busy' if held else 'free'}" for dev, held in busy.items())
+        )
+    tasks = ACTIVITY.snapshot().tasks
+    if tasks:
+        st.dataframe(
+            pd.DataFrame(
+                [{"kind": t.kind, "what": t.label, "state": t.state, "seconds": t.seconds}
+                 for t in tasks]
+            ),
+            hide_index=True,
+            column_config={"seconds": st.column_config.NumberColumn(format="%.1f")},
+        )  # fmt: skip
+    elif not jobs:
+        st.write("Nothing is being computed.")
+
+
+in_progress()
 
 st.subheader("Computations since the server started")
 if runs:

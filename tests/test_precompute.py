@@ -167,10 +167,10 @@ def test_the_pages_call_what_precompute_fills():
     """A static guard on the dashboard's sources: the cached functions are called with no
     argument that precompute (and page_calls above) leave at its default, and the UMAP page's
     widget defaults and default selection are the ones precompute embeds."""
-    allowed = {
-        "compare": {"directions", "k"},  # compare_named's k defaults to 1; no page passes k
-        "match": {"directions"},
-        "random_null": set(),
+    allowed = {  # progress only reports: it is no part of a cache key
+        "compare": {"directions", "k", "progress"},  # compare_named's k defaults to 1
+        "match": {"directions", "progress"},
+        "random_null": {"progress"},
         "umap_embedding": {
             "directions",
             "n_neighbors",
