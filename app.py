@@ -14,7 +14,6 @@ from dashboard import background, frame, session, store, uploads
 from dashboard.feedback import hosted, show_error, shown_uri
 from sae_backend import SAEError
 from sae_backend.catalogue import catalogue
-from sae_backend.geometry.compare import Comparison
 from sae_backend.jobs import Job
 
 frame.page("Dictionaries")
@@ -30,13 +29,15 @@ st.caption(
 st.subheader("Loaded dictionaries")
 rows, computing = [], []
 for name, d in store.dictionaries().items():
+    mmcs = float("nan")  # until it is known
     try:
         within = background.outcome(store.comparison_work(d, None, label=f"within {name}"))
+        if isinstance(within, Job):
+            computing.append(within)
+        else:
+            mmcs = within.summary().mean
     except SAEError as e:  # e.g. fewer than two alive features
         show_error(e, name)
-        within = None
-    if isinstance(within, Job):
-        computing.append(within)
     rows.append(
         {
             "name": name,
@@ -46,9 +47,7 @@ for name, d in store.dictionaries().items():
             "d_model": d.d_model,
             "hook": d.meta.hook or "",
             "format": d.meta.format,
-            "within MMCS": (
-                within.summary().mean if isinstance(within, Comparison) else float("nan")
-            ),
+            "within MMCS": mmcs,
         }
     )
 if rows:

@@ -16,6 +16,7 @@ dictionaries. The blocking wrappers (`comparison`, `matching`, ...) go through t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
@@ -25,15 +26,18 @@ from dashboard.background import Work
 from dashboard.feedback import hosted, show_error, shown_uri
 from dashboard.session import Entry, entries
 from dashboard.text import Contexts
-from sae_backend import Dictionary, SAEError, compare, match, settings
+from sae_backend import SAEError, settings
 from sae_backend.demo import demo_contexts
-from sae_backend.geometry.compare import Comparison
-from sae_backend.geometry.matching import Matching
-from sae_backend.geometry.stats import BootstrapCI, bootstrap_mean_difference, random_null
 from sae_backend.jobs import Job
 from sae_backend.memory import MemoryLRU
-from sae_backend.projection import Embedding, umap_embedding
 from sae_backend.types import Directions, DownloadProgress, Progress
+
+if TYPE_CHECKING:  # the geometry imports torch (seconds): jobs import it, not a page's paint
+    from sae_backend import Dictionary
+    from sae_backend.geometry.compare import Comparison
+    from sae_backend.geometry.matching import Matching
+    from sae_backend.geometry.stats import BootstrapCI
+    from sae_backend.projection import Embedding
 
 UMAP_AUTO_LIMIT = 10_000  # the UMAP page computes up to this many points unasked; more: a button
 
@@ -56,12 +60,15 @@ def _downloads(progress: Progress) -> DownloadProgress:
     return update
 
 
-def dictionary_work(entry: Entry) -> Work[Dictionary]:
+def dictionary_work(entry: Entry, name: str = "") -> Work[Dictionary]:
     """Loading an entry's dictionary (downloads and the backend's disk cache included)."""
+    label = (
+        f"Loading {name} ({shown_uri(entry.uri)})" if name else f"Loading {shown_uri(entry.uri)}"
+    )
     return Work(
         ("dictionary", entry.uri, entry.options),
         lambda progress: entry.load(progress=_downloads(progress)),
-        f"Loading {shown_uri(entry.uri)}",
+        label,
         shared_memory(),
     )
 
@@ -78,7 +85,7 @@ def dictionaries() -> dict[str, Dictionary]:
     out, loading = {}, []
     fresh = session.take_fresh()
     for name, entry in list(entries().items()):
-        work = dictionary_work(entry)
+        work = dictionary_work(entry, name)
         try:
             if name in fresh:  # just added: (re)start it, even after an earlier failure
                 background.start(work)
@@ -121,6 +128,8 @@ def comparison_work(
     """compare(a, b) (b None: within a); the backend also caches it on disk."""
 
     def compute(progress: Progress) -> Comparison:
+        from sae_backend import compare
+
         return compare(a, b, directions=directions, k=k, progress=progress)
 
     key = ("compare", a.fingerprint, b and b.fingerprint, directions, k)
@@ -133,6 +142,8 @@ def matching_work(
     """One-to-one matching (indices are feature indices)."""
 
     def compute(progress: Progress) -> Matching:
+        from sae_backend import match
+
         return match(a, b, directions=directions, progress=progress)
 
     key = ("match", a.fingerprint, b.fingerprint, directions)
@@ -142,13 +153,14 @@ def matching_work(
 def null_work(n_a: int, n_b: int | None, d: int) -> Work[np.ndarray]:
     """[n_a] float32: max cosine of random unit directions with the same counts and dimension
     (a full top-k pass at 46,080 features; cached on disk by the backend)."""
+
+    def compute(progress: Progress) -> np.ndarray:
+        from sae_backend.geometry.stats import random_null
+
+        return random_null(n_a, n_b, d, progress=progress)
+
     label = f"random null {n_a:,} x {'itself' if n_b is None else f'{n_b:,}'} in {d} dims"
-    return Work(
-        ("null", n_a, n_b, d),
-        lambda progress: random_null(n_a, n_b, d, progress=progress),
-        label,
-        shared_memory(),
-    )
+    return Work(("null", n_a, n_b, d), compute, label, shared_memory())
 
 
 def bootstrap_work(
@@ -156,12 +168,14 @@ def bootstrap_work(
 ) -> Work[BootstrapCI]:
     """bootstrap_mean_difference(x, y) (2,000 resamples, seeded: seconds at 46,080 features);
     x_key / y_key name the arrays, e.g. (a_fp, b_fp, directions)."""
-    return Work(
-        ("bootstrap", x_key, y_key),
-        lambda _progress: bootstrap_mean_difference(x, y),
-        "bootstrap interval of a difference of MMCS",
-        shared_memory(),
-    )
+
+    def compute(_progress: Progress) -> BootstrapCI:
+        from sae_backend.geometry.stats import bootstrap_mean_difference
+
+        return bootstrap_mean_difference(x, y)
+
+    key = ("bootstrap", x_key, y_key)
+    return Work(key, compute, "bootstrap interval of a difference of MMCS", shared_memory())
 
 
 def umap_work(
@@ -176,6 +190,8 @@ def umap_work(
     backend caches it on disk."""
 
     def compute(progress: Progress) -> Embedding:
+        from sae_backend.projection import umap_embedding
+
         return umap_embedding(
             dicts, directions=directions, n_neighbors=n_neighbors, min_dist=min_dist,
             seed=seed, progress=progress,
