@@ -204,9 +204,10 @@ for i, a_name in enumerate(names):
                 grid[i, j] = cell.summary().mean
             else:
                 cells.append(cell)
-st.plotly_chart(
-    charts.mmcs_heatmap(grid, names), key="heat", on_select=open_cell, selection_mode="points"
-)
+if not np.isnan(grid).all():  # an empty grid would be an empty frame
+    st.plotly_chart(
+        charts.mmcs_heatmap(grid, names), key="heat", on_select=open_cell, selection_mode="points"
+    )
 if np.isnan(grid).any():
     known = int((~np.isnan(grid)).sum())
     st.caption(f"{known} of {grid.size} cells known; the others fill in as they are computed.")

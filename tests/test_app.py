@@ -54,6 +54,10 @@ def ok(at: AppTest) -> None:
 
 @pytest.fixture(scope="module")
 def ref():
+    return toy_reference()
+
+
+def toy_reference() -> dict[str, dict[str, np.ndarray]]:
     """float64 unit decoders/encoders and alive masks of the toy demo."""
     out = {}
     for name, arrays in toy_matrices().items():
