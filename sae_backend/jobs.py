@@ -80,9 +80,22 @@ class Jobs:
 
     def __init__(self, workers: int = 4, keep_s: float = 120.0):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sae-job")
+        self._workers = workers
         self._lock = threading.Lock()
         self._jobs: dict[Hashable, Job] = {}
         self.keep_s = keep_s
+
+    def start_workers(self, timeout: float = 60.0) -> bool:
+        """Start every worker thread now (the pool starts them one per submit, as needed).
+
+        Why: a submit that must start a thread waits until the new thread has run, which on
+        a busy machine takes tenths of a second each; a page submitting a dozen jobs would
+        wait for seconds. Call it once, e.g. from a thread of its own when the register is
+        made. Returns False if not all had started within `timeout` seconds."""
+        started = threading.Barrier(self._workers + 1)
+        for _ in range(self._workers):  # each waits for the others: no idle thread to reuse
+            self._pool.submit(_wait_at, started, timeout)
+        return _wait_at(started, timeout)
 
     def submit(self, key: Hashable, compute: Callable[[Progress], Any], label: str = "") -> Job:
         """The job for `key`: the one queued, running or recently done, else a new one running
@@ -129,3 +142,11 @@ class Jobs:
         ]
         for k in stale:
             del self._jobs[k]
+
+
+def _wait_at(barrier: threading.Barrier, timeout: float) -> bool:
+    try:
+        barrier.wait(timeout)
+        return True
+    except threading.BrokenBarrierError:
+        return False

@@ -122,3 +122,14 @@ def test_a_real_comparison_in_the_background_equals_the_direct_call(tmp_path):
     np.testing.assert_array_equal(job.value().indices, direct.indices)
     np.testing.assert_array_equal(job.value().values, direct.values)
     assert job.done == job.total == len(a.alive_index)
+
+
+def test_start_workers_starts_every_thread_and_jobs_run_as_before():
+    jobs = Jobs(workers=5)
+    before = set(threading.enumerate())
+    assert jobs.start_workers(timeout=10)
+    started = set(threading.enumerate()) - before
+    assert len(started) == 5 and all(t.name.startswith("sae-job") for t in started)
+    job = jobs.submit("k", lambda progress: 7)
+    assert job.wait(5) and job.value() == 7
+    assert set(threading.enumerate()) - before == started  # no new thread for the job
