@@ -36,6 +36,8 @@ jobs and reruns until a run draws no progress bar.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -55,7 +57,9 @@ POLL_S = 1.0  # seconds between two looks of a progress bar at its jobs
 WORKERS = 16  # job threads; heavy top-k passes still run one at a time per device
 # (activity.exclusive), so the others wait there while loads and cache reads go ahead.
 
+JOB_NICE = 10  # job threads run at this much lower CPU priority than the pages' threads
 _run = threading.local()  # .deadline: time.monotonic() until which this script run may wait
+_worker = threading.local()  # .niced: this job thread's priority is lowered already
 BY_A_BAR = "bg_rerun_by_a_bar"  # session_state: set by a bar just before it reruns the app
 
 
@@ -80,8 +84,11 @@ class Work(Generic[T]):
 
 @st.cache_resource(show_spinner=False)
 def jobs() -> Jobs:
-    """The one register of background computations for every session of this server."""
-    return Jobs(workers=WORKERS)
+    """The one register of background computations for every session of this server; its
+    worker threads start at once, in a thread of their own, so no page waits for them."""
+    register = Jobs(workers=WORKERS)
+    threading.Thread(target=register.start_workers, name="sae-job-start", daemon=True).start()
+    return register
 
 
 def start_run(wait_s: float = WAIT_S) -> bool:
@@ -97,11 +104,26 @@ def start(work: Work[T]) -> Job:
     memory = work.memory
 
     def compute(progress: Progress) -> T:
+        yield_to_pages()
         if memory is None:
             return work.compute(progress)
         return memory.get_or_compute(work.key, lambda: work.compute(progress))
 
     return jobs().submit(work.key, compute, work.label)
+
+
+def yield_to_pages() -> None:
+    """Run this worker thread at a lower CPU priority (nice +JOB_NICE; Linux sets it per
+    thread, and threads it starts, e.g. torch's, inherit it): on a busy machine the script
+    threads that draw pages then get the cores first, so a page paints while jobs compute."""
+    if getattr(_worker, "niced", False):
+        return
+    _worker.niced = True
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + JOB_NICE)
+        )
 
 
 def outcome(work: Work[T]) -> T | Job:

@@ -11,6 +11,10 @@ page links are drawn after the gate. They replace Streamlit's own list of the
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
+import numpy as np
 import streamlit as st
 
 from dashboard import auth, background
@@ -34,6 +38,7 @@ def page(title: str) -> None:
     page links and the list of loaded dictionaries."""
     st.set_page_config(page_title=f"SAE geometry · {title}", layout="wide")
     by_a_bar = background.start_run()  # this run's short wait for new jobs starts now
+    _warm_up()
     server = hosted()
     if server is not None:
         auth.gate(server)  # a stranger's page stops here: no sidebar at all
@@ -51,6 +56,31 @@ def page(title: str) -> None:
             st.markdown(f"- **{name}** · `{_short(shown_uri(entry.uri))}`")
         if any(is_demo(e.uri) for e in entries().values()):
             st.caption(demo_note())
+
+
+@st.cache_resource(show_spinner=False)
+def _warm_up() -> threading.Thread:
+    """Once per server, in a thread of its own at low priority: import what later pages and
+    jobs need (torch for the geometry, umap-learn, plotly's figure classes, which it loads at
+    the first figure). A fresh server's first page then paints without them, and the first
+    visit of another page or the first job does not wait for them (seconds on a busy machine).
+    """
+    thread = threading.Thread(target=_prepare, name="sae-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _prepare() -> None:
+    background.yield_to_pages()
+    import sae_backend.geometry.compare  # noqa: F401 - torch
+    import sae_backend.projection  # noqa: F401
+    from dashboard import charts  # plotly: not on the first page's way
+
+    x = np.linspace(0, 1, 8)
+    charts.similarity_histogram([charts.HistogramSeries("", x, x, x)], "faceted", True)
+    charts.mmcs_heatmap(np.eye(2), ["a", "b"])
+    with contextlib.suppress(ImportError):
+        import umap  # noqa: F401 - numba compiles its functions on import
 
 
 def _short(text: str, n: int = 38) -> str:

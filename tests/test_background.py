@@ -11,6 +11,7 @@ show the float64 reference numbers.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -283,3 +284,16 @@ def test_leaving_a_page_mid_computation_keeps_its_jobs_for_the_next_visit(slow_c
     new = {k: n for k, n in new.items() if n}
     assert len(new) == 9 and set(new.values()) == {1}, new
     assert len(slow_compare.calls) == 9
+
+
+def test_jobs_run_at_a_lower_cpu_priority_than_the_pages():
+    """On a busy machine the threads that draw pages get the cores first (Linux: per thread)."""
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priorities here")
+
+    def compute(progress):
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    page_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    job_nice = background.now(background.Work("nice", compute, "nice"))
+    assert job_nice == min(19, page_nice + background.JOB_NICE) > page_nice
