@@ -78,20 +78,25 @@ def shown(page) -> dict[str, int]:
     }
 
 
-# Drawn: nothing left of the page before (Streamlit marks it stale), no placeholder of an
-# element whose code is still loading, and every plotly chart drawn (plotly draws after the
-# script has sent it).
-DRAWN_JS = """() => !document.querySelector('[data-stale="true"], [data-testid="stSkeleton"]')
+# Drawn: no placeholder of an element whose code is still loading, and every plotly chart
+# drawn (plotly draws after the script has sent the figure).
+DRAWN_JS = """() => !document.querySelector('[data-testid="stSkeleton"]')
     && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
        .every(c => c.querySelector('.main-svg'))"""
+NO_STALE_JS = "() => !document.querySelector('[data-stale=\"true\"]')"
 
 
-def wait_drawn(page, controls: str, timeout_s: float) -> None:
-    """Until the title and `controls` are on the page and everything sent is drawn."""
+def wait_drawn(page, title: str, control: str, timeout_s: float) -> None:
+    """Until the page titled `title` shows the control labelled `control` and everything it
+    was sent is drawn (elements of the page before may still be fading out meanwhile)."""
     deadline = time.monotonic() + timeout_s
-    page.wait_for_selector(H1, timeout=timeout_s * 1000)
-    page.wait_for_selector(controls, timeout=max(1.0, deadline - time.monotonic()) * 1000)
-    page.wait_for_function(DRAWN_JS, timeout=max(1.0, deadline - time.monotonic()) * 1000)
+
+    def left() -> float:
+        return max(1.0, deadline - time.monotonic()) * 1000
+
+    page.locator(H1, has_text=title).first.wait_for(timeout=left())
+    page.get_by_text(control, exact=True).first.wait_for(timeout=left())
+    page.wait_for_function(DRAWN_JS, timeout=left())
 
 
 def wait_complete(page, t0: float, timeout_s: float) -> float:
@@ -99,7 +104,7 @@ def wait_complete(page, t0: float, timeout_s: float) -> float:
     deadline = t0 + timeout_s
     last_bar = time.monotonic()
     while time.monotonic() < deadline:
-        if page.locator(BAR).count() or page.locator(STALE).count():
+        if page.locator(BAR).count() or page.locator(STALE).count():  # bars, or a rerun
             last_bar = time.monotonic()
         elif time.monotonic() - last_bar >= QUIET_S:
             return last_bar - t0
@@ -107,20 +112,18 @@ def wait_complete(page, t0: float, timeout_s: float) -> float:
     raise SystemExit(f"still computing after {timeout_s:.0f} s: {shown(page)}")
 
 
-def visit(page, link: str, controls: str, timeout_s: float, shot=None) -> Visit:
+def visit(page, link: str, title: str, control: str, timeout_s: float, shot) -> Visit:
     """Follow the sidebar link `link` and time its first content and completion; `shot(page,
-    name)` is called at first content and at completion."""
+    name)` is called at both."""
     v = Visit(link)
     t0 = time.monotonic()
     page.locator('[data-testid="stSidebar"]').get_by_role("link", name=link, exact=True).click()
-    wait_drawn(page, controls, 60)
+    wait_drawn(page, title, control, 60)
     v.first_content = time.monotonic() - t0
     v.at_first = shown(page)
-    if shot:
-        shot(page, f"{link.lower()}_first_content")
+    shot(page, f"{link.lower()}_first_content")
     v.complete = wait_complete(page, t0, timeout_s)
-    if shot:
-        shot(page, f"{link.lower()}_complete")
+    shot(page, f"{link.lower()}_complete")
     print(f"{link}: first content {v.first_content:.2f} s {v.at_first}, "
           f"complete {v.complete:.1f} s", flush=True)  # fmt: skip
     return v
@@ -129,7 +132,7 @@ def visit(page, link: str, controls: str, timeout_s: float, shot=None) -> Visit:
 def umap_visit(page, timeout_s: float, shot) -> Visit:
     """The UMAP page; above 10,000 points it waits for its button: pressed once the page has
     drawn, and the embedding timed from the press."""
-    v = visit(page, "UMAP", '[data-testid="stMultiSelect"]', timeout_s, shot)
+    v = visit(page, "UMAP", "UMAP", "Colour by", timeout_s, shot)
     button = page.get_by_role("button", name=re.compile(r"^Compute the embedding"))
     if not button.count():
         return v
@@ -188,7 +191,7 @@ def main() -> None:
         page.goto(url + "/")
         page.wait_for_selector(H1, timeout=120_000)
         title = time.monotonic() - t0
-        wait_drawn(page, '[data-testid="stButton"] button', 120)
+        wait_drawn(page, "SAE dictionary geometry", "Load", 120)
         home.first_content = time.monotonic() - t0
         home.note = f"title after {title:.2f} s"
         home.at_first = shown(page)
@@ -203,7 +206,7 @@ def main() -> None:
                 break
             page.get_by_role("button", name="Remove", exact=True).click()
             page.wait_for_timeout(1000)
-            page.wait_for_function(DRAWN_JS, timeout=60_000)
+            page.wait_for_function(NO_STALE_JS, timeout=60_000)
         else:
             shot(page, "remove_failed")
             raise SystemExit("could not remove the demo's dictionaries")
@@ -218,7 +221,7 @@ def main() -> None:
             page.get_by_role("button", name="Load", exact=True).click()
             sidebar = page.locator('[data-testid="stSidebar"]')
             sidebar.get_by_text(re.compile(rf"^{name} ·")).first.wait_for(timeout=60_000)
-            page.wait_for_function(DRAWN_JS, timeout=60_000)
+            page.wait_for_function(NO_STALE_JS, timeout=60_000)  # the add's run has finished
             adds.append(time.monotonic() - t0)
             print(f"add {name}: page back after {adds[-1]:.2f} s {shown(page)}", flush=True)
         home = Visit("Dictionaries (adding A, B, C)", first_content=max(adds), at_first=shown(page))
@@ -230,12 +233,12 @@ def main() -> None:
         rows.append(home)
 
         # 2. The other pages in turn, as a visitor following the sidebar.
-        pages = [
-            ("Similarity", '[data-testid="stMultiSelect"]'),
-            ("Neighbours", '[data-testid="stNumberInput"]'),
+        pages = [  # sidebar link, the page's title, one of its controls' labels
+            ("Similarity", "Similarity", "Comparisons (A → B: features of A against B)"),
+            ("Neighbours", "Neighbours", "Neighbours per dictionary"),
         ]
-        for link, controls in pages:
-            rows.append(visit(page, link, controls, args.timeout, shot))
+        for link, title, control in pages:
+            rows.append(visit(page, link, title, control, args.timeout, shot))
         if args.umap:
             rows.append(umap_visit(page, args.timeout, shot))
         browser.close()
