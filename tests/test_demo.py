@@ -147,7 +147,7 @@ def test_home_lists_every_demo_sae(monkeypatch, manifest, dicts):
     """Home with the real demo: one row per manifest entry, in its order; within-dictionary
     MMCS of the ladder's narrowest rung against a float64 reference from its decoder."""
     monkeypatch.delenv("SAE_DEMO", raising=False)
-    at = page_test("app.py", 300).run()
+    at = settle(page_test("app.py", 300).run(), timeout=300)
     assert not at.exception and not at.error
     table = at.dataframe[0].value
     assert list(table["name"]) == list(manifest["saes"])
