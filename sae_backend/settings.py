@@ -83,6 +83,11 @@ HEAVY_PAIRS = Variable(
     "SAE_HEAVY_PAIRS", 10**8, _positive_int,
     "scored pairs (n_a * n_b) from which a pass waits for its device's heavy-work lock",
 )  # fmt: skip
+TOPK_BLOCK_MB: Variable[int | None] = Variable(
+    "SAE_TOPK_BLOCK_MB", None, _positive_int,
+    "MiB of float32 scores per top-k block, on any device (default 96 on CPUs, 3072 on GPUs): "
+    "bounds a pass's working memory beside its inputs",
+)  # fmt: skip
 MAX_ARRAY_BYTES = Variable(
     "SAE_MAX_ARRAY_BYTES", 16 * 2**30, _positive_int,
     "the largest single array or zip member a file reader takes",
@@ -110,6 +115,7 @@ VARIABLES: tuple[Variable, ...] = (
     CACHE_DIR,
     CACHE_SIZE_LIMIT,
     HEAVY_PAIRS,
+    TOPK_BLOCK_MB,
     MAX_ARRAY_BYTES,
     MEMORY_BUDGET_MB,
     DEMO,
