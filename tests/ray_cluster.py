@@ -2,7 +2,7 @@
 
 Each node is `ray start --block` (through tests/ray_node.py, which keeps it on 127.0.0.1) with
 one CPU, no dashboard, its own temp folder and its own SAE_CACHE_DIR, in a session of its
-own. Stopping: SIGTERM to each node's `ray start` pid (joined nodes first, then the head), then
+own; every node and driver gets the cluster's own auth token through its environment. Stopping: SIGTERM to each node's `ray start` pid (joined nodes first, then the head), then
 SIGKILL to whatever is left of the node's session; never `ray stop`, which ends every Ray
 process on the machine. A test run that is killed still takes its cluster down: each `ray
 start` gets SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG), and Ray ties the node's own
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -57,7 +58,7 @@ class Node:
     def pids(self) -> list[int]:
         """Every live process of this node: its session (Ray puts each worker in a process
         group of its own, but all stay in the session of the node's `ray start`)."""
-        return [pid for pid in _all_pids() if _sid(pid) == self.sid]
+        return session_pids(self.sid)
 
     def worker_pids(self, task: str) -> list[int]:
         """Worker processes of this node now running a task named `task` (title ray::task)."""
@@ -69,10 +70,19 @@ class LocalCluster:
     address: str
     nodes: list[Node] = field(default_factory=list)  # the head first
     root: Path | None = None
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
+
+    @property
+    def auth_env(self) -> dict[str, str]:
+        """Token auth with this cluster's own token, given to every node and driver through
+        the environment: no ~/.ray/auth_token is read or written, and no other process on
+        the machine can use the cluster's loopback ports."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def driver_env(self, **extra: str) -> dict[str, str]:
         """Environment for a driver process (the CLI) connecting to this cluster."""
-        return {**os.environ, **LOOPBACK_ENV, **QUIET_ENV, "PYTHONPATH": str(ROOT), **extra}
+        return {**os.environ, **LOOPBACK_ENV, **QUIET_ENV, **self.auth_env,
+                "PYTHONPATH": str(ROOT), **extra}  # fmt: skip
 
     def pids(self) -> list[int]:
         return [pid for node in self.nodes for pid in node.pids()]
@@ -85,7 +95,9 @@ def start_cluster(n_nodes: int = 2, *, node_env: dict[str, str] | None = None) -
     cluster = LocalCluster(f"127.0.0.1:{port}", root=root)
     try:
         head = ["--head", f"--port={port}", "--include-dashboard=false"]
-        cluster.nodes.append(_start_node(root / "n0", head, node_env or {}))
+        cluster.nodes.append(
+            _start_node(root / "n0", head, {**cluster.auth_env, **(node_env or {})})
+        )
         _wait_listening(port, cluster.nodes[0])  # the GCS: the others may join meanwhile
         for _ in range(1, n_nodes):
             add_node(cluster, node_env=node_env, wait=False)
@@ -103,7 +115,8 @@ def add_node(
     """One more node (one CPU) joining `cluster`."""
     assert cluster.root is not None
     where = [f"--address={cluster.address}"]
-    node = _start_node(cluster.root / f"n{len(cluster.nodes)}", where, node_env or {})
+    env = {**cluster.auth_env, **(node_env or {})}
+    node = _start_node(cluster.root / f"n{len(cluster.nodes)}", where, env)
     cluster.nodes.append(node)
     if wait:
         _wait_ready(node)
@@ -177,6 +190,11 @@ def stop_cluster(cluster: LocalCluster) -> None:
 
 
 # ---- processes and their sockets, from /proc -------------------------------------------------
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every live process of the session `sid` (a process started with start_new_session)."""
+    return [pid for pid in _all_pids() if _sid(pid) == sid]
 
 
 def _all_pids() -> Iterator[int]:

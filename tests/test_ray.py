@@ -1,13 +1,15 @@
 """`precompute --ray` on a real Ray cluster: a head and a second node of one CPU each, started
 here on loopback (tests/ray_cluster.py), driven by the CLI in a subprocess as a user runs it.
 
-* The results a run stores in the driver's cache are, key for key and bit for bit, those of
-  the one-machine precompute (comparisons above --shard-rows split into row shards), and
-  equal float64 on the planted structure; the nodes' own cache folders stay empty.
+* Killing the second node's worker in the middle of a task: Ray retries it and the run
+  completes; the results it stores in the driver's cache are, key for key and bit for bit,
+  those of the one-machine precompute (comparisons above --shard-rows split into row
+  shards), and equal float64 on the planted structure; the nodes' own cache folders stay
+  empty; --json stdout stays clean of Ray's messages.
 * A rerun computes nothing (and connects to nothing).
-* Killing the second node's worker in the middle of a task: Ray retries it, the run completes
-  with the same results, and --json stdout stays clean of Ray's messages.
-* Every listening socket of the cluster and of the driver is on loopback.
+* Every listening socket of the cluster, its workers and the driver is on loopback.
+* `--ray` without an address starts a private Ray on loopback, with a token of its own, and
+  leaves no process behind.
 
 Deselect with `-m "not ray"` (about a minute on a quiet 2-core machine).
 """
@@ -31,7 +33,14 @@ from sae_backend.geometry.compare import compare
 from sae_backend.loader import load
 from sae_backend.precompute import precompute
 from tests.factories import unit_rows, write_saelens
-from tests.ray_cluster import LOOPBACK_HOSTS, listening, start_cluster, stop_cluster
+from tests.ray_cluster import (
+    LOOPBACK_HOSTS,
+    ROOT,
+    listening,
+    session_pids,
+    start_cluster,
+    stop_cluster,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -106,19 +115,48 @@ def summary(stdout: str) -> dict:
     return json.loads(stdout)  # the whole of stdout is the JSON summary, nothing of Ray's
 
 
-def test_precompute_over_ray_equals_one_machine_then_a_rerun_computes_nothing(
+def test_precompute_over_ray_survives_a_killed_worker_and_equals_one_machine(
     cluster, planted, tmp_path
 ):
+    """One run over the two nodes, during which the second node's worker is killed (SIGKILL)
+    while it runs one of the run's tasks: Ray re-runs the task; the driver's cache then holds,
+    key for key and bit for bit, what the one-machine precompute stored, equal to float64 on
+    the planted copies; stdout is the JSON summary only (Ray's "will be retried" lines went to
+    stderr); every socket of the driver, the nodes and their workers is on loopback; the
+    nodes' own cache folders stay empty. A rerun then computes nothing."""
     cache_dir = tmp_path / "driver"
-    run = subprocess.run(cli(cluster, planted), env=driver_env(cluster, cache_dir),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    counts = summary(run.stdout)["counts"]
+    second = cluster.nodes[1]
+    proc = subprocess.Popen(cli(cluster, planted), env=driver_env(cluster, cache_dir),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    killed, sockets, looked = None, set(), 0.0
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if time.monotonic() - looked > 0.5:
+                sockets.update(listening([proc.pid, *cluster.pids()]))
+                looked = time.monotonic()
+            busy = second.worker_pids("sae:") if killed is None else []
+            if busy:  # its title says it is running one of the run's tasks
+                os.kill(busy[0], signal.SIGKILL)
+                killed = busy[0]
+            time.sleep(0.01)
+        if proc.poll() is None:  # stuck: PYTHONFAULTHANDLER prints every thread's stack
+            os.kill(proc.pid, signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert killed is not None, "no task of the run ran on the second node"
+    assert f"Worker PID: {killed}" in err and "will be retried" in err  # Ray said so, on stderr
+    counts = summary(out)["counts"]
     # compare: 3 within + 6 pairs (decoder), 2 + 2 (encoder; C has none); 9 null sizes;
     # match: 6 decoder + 2 encoder; skipped: C's 5 encoder comparisons and 4 matchings
     assert counts == {"computed": 30, "cached": 0, "failed": 0, "skipped": 9}
     assert counts["computed"] == planted["counts"]["computed"]
-    assert "ray: 2 nodes at 127.0.0.1:" in run.stderr and "Traceback" not in run.stderr
+    assert "ray: 2 nodes at 127.0.0.1:" in err and "Traceback" not in err
+    assert sockets and {host for _, _, host, _ in sockets} <= set(LOOPBACK_HOSTS), sockets
+    assert any(pid == proc.pid for pid, *_ in sockets)  # the driver's own server, on loopback
 
     store_dir = cache_dir / "sae_geometry"
     assert_same_entries(entries(store_dir), entries(planted["reference"].directory))
@@ -149,39 +187,44 @@ def test_precompute_over_ray_equals_one_machine_then_a_rerun_computes_nothing(
     assert "ray: " not in again.stderr  # nothing to compute: no connection made
 
 
-def test_a_killed_worker_is_retried_and_the_run_completes_the_same(cluster, planted, tmp_path):
-    """SIGKILL to the second node's worker while it runs one of the run's tasks: Ray re-runs
-    the task, the results equal the reference, stdout is still JSON only (Ray's "will be
-    retried" lines went to stderr), and every socket of the driver, the nodes and their
-    workers listens on loopback."""
-    cache_dir = tmp_path / "driver"
-    second = cluster.nodes[1]
-    proc = subprocess.Popen(cli(cluster, planted), env=driver_env(cluster, cache_dir),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    killed, sockets, looked = None, set(), 0.0
+def test_ray_without_address_starts_a_private_ray_on_loopback(tmp_path):
+    """`--ray` alone: a Ray started for the run, listening on loopback only, with a token of
+    its own (nothing written to ~/.ray), gone when the run ends; same results as one machine."""
+    rng = np.random.default_rng(3)
+    paths = [str(write_saelens(tmp_path / n, rng.standard_normal((m, 16)), None))
+             for n, m in (("p", 300), ("q", 250))]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path / "home"),
+           "SAE_CACHE_DIR": str(tmp_path / "driver"), "PYTHONFAULTHANDLER": "1"}  # fmt: skip
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    args = [sys.executable, "-m", "sae_backend", "precompute", *paths, "--ray", "--json",
+            "--no-umap", "--no-match", "--directions", "decoder"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    sockets: set = set()
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 180
         while proc.poll() is None and time.monotonic() < deadline:
-            if time.monotonic() - looked > 0.5:
-                sockets.update(listening([proc.pid, *cluster.pids()]))
-                looked = time.monotonic()
-            busy = second.worker_pids("sae:") if killed is None else []
-            if busy:  # its title says it is running one of the run's tasks
-                os.kill(busy[0], signal.SIGKILL)
-                killed = busy[0]
-            time.sleep(0.01)
-        if proc.poll() is None:  # stuck: PYTHONFAULTHANDLER prints every thread's stack
+            sockets.update(listening(session_pids(proc.pid)))
+            time.sleep(0.3)
+        if proc.poll() is None:
             os.kill(proc.pid, signal.SIGABRT)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert killed is not None, "no task of the run ran on the second node"
-    assert f"Worker PID: {killed}" in err and "will be retried" in err  # Ray said so, on stderr
-    assert summary(out)["counts"] == {"computed": 30, "cached": 0, "failed": 0, "skipped": 9}
-    assert_same_entries(
-        entries(cache_dir / "sae_geometry"), entries(planted["reference"].directory)
-    )
+    # 2 within + 2 pairs, and their 4 nulls
+    assert summary(out)["counts"] == {"computed": 8, "cached": 0, "failed": 0, "skipped": 0}
+    assert "ray: 1 node at local" in err
     assert sockets and {host for _, _, host, _ in sockets} <= set(LOOPBACK_HOSTS), sockets
-    assert any(pid == proc.pid for pid, *_ in sockets)  # the driver's own server, on loopback
+    gone = time.monotonic() + 20  # Ray's own processes wind down after the driver
+    while session_pids(proc.pid) and time.monotonic() < gone:
+        time.sleep(0.2)
+    assert session_pids(proc.pid) == []
+    assert not (tmp_path / "home" / ".ray").exists()
+    reference = ArrayCache(tmp_path / "reference")
+    dicts = {p: load(p, cache=False) for p in paths}
+    precompute(dicts, kinds=["compare", "null"], directions=["decoder"], cache=reference)
+    assert_same_entries(entries(tmp_path / "driver" / "sae_geometry"),
+                        entries(reference.directory))  # fmt: skip

@@ -8,7 +8,10 @@ runs (`precompute --ray`); see ../shared/reference/ray-notes.md for what is meas
   with log_to_driver=False, which would break `--json`: while connected, file descriptor 1 is
   pointed at stderr, so whatever Ray (Python or C++) writes there lands on stderr.
 * Without an address, the Ray started here listens on loopback only (Ray's own switch,
-  RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set before Ray is imported) and sends no usage report.
+  RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set before Ray is imported), sends no usage report,
+  and requires a token that only this run knows (RAY_AUTH_TOKEN in its environment): a
+  plain local `ray.init()` would write one to ~/.ray/auth_token, which later `ray start`
+  clusters of the same user then silently require.
 * Workers run in their node's environment, not the driver's: `env` (the settings a
   computation reads) goes to every worker of the run through Ray's runtime_env.
 """
@@ -19,6 +22,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import secrets
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -101,12 +105,15 @@ def connected(address: str | None, env: Mapping[str, str] | None = None) -> Iter
     else:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only (read at import)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if "RAY_AUTH_MODE" not in os.environ:  # token auth with a token of this run only
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     with _stdout_to_stderr():
         import ray
 
         try:
             ray.init(
-                address=address,
+                address=address or "local",  # "local": a new Ray, never one found running here
                 include_dashboard=False if address is None else None,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
