@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sae_backend.cache import ArrayCache, decode_blob
+from sae_backend.cache import ArrayCache, decode_blob, encode_blob
 from sae_backend.cli import main
 from sae_backend.distributed import executor
 from sae_backend.distributed.capture import Capture, Missing, Probe
-from sae_backend.distributed.tasks import Call, Slot, run_item
+from sae_backend.distributed.tasks import Call, Result, Slot, run_item
 from sae_backend.errors import InputError
 from sae_backend.loader import load
-from sae_backend.precompute import plan, precompute
+from sae_backend.precompute import Item, plan, precompute
 from tests.factories import write_saelens
 from tests.ray_cluster import free_port
 
@@ -93,6 +93,33 @@ def test_capture_keeps_blobs_and_probe_only_reads(tmp_path):
         Probe(store).get_or_compute("k/1", lambda: pytest.fail("a probe never computes"))
     store.set("k/1", *decode_blob(capture.entries[0][1]))
     assert Probe(store).get_or_compute("k/1", lambda: pytest.fail("no"))[1] == {"m": 1}
+
+
+def test_the_driver_stores_only_verified_complete_results(tmp_path):
+    """What comes back from tasks: a damaged blob or a key the driver did not probe is a
+    failed item and stores nothing; row shards arriving out of order are stored once all are
+    in, concatenated in row order."""
+    store = ArrayCache(tmp_path / "store")
+    items = [Item("compare", f"item {i}", call=lambda: None) for i in range(3)]
+    run = executor._Run(items, store, None, None)
+
+    def blob(values: np.ndarray) -> bytes:
+        return encode_blob({"values": values}, {})
+
+    good = blob(np.arange(4, dtype=np.float32))
+    damaged = good[:-1] + bytes([good[-1] ^ 1])
+    run._collect(
+        executor._Job(0, "compare/a", 0), 0, Result([("compare/a", damaged)], None, 1.0, "n")
+    )
+    run._collect(executor._Job(1, "compare/b", 0), 0, Result([("compare/x", good)], None, 1.0, "n"))
+    job = executor._Job(2, "compare/c", 2)
+    run._collect(job, 1, Result([("", blob(np.array([3.0, 4.0])))], None, 1.0, "n"))
+    assert 2 not in run.done and store.get("compare/c") is None  # waits for shard 0
+    run._collect(job, 0, Result([("", blob(np.array([1.0, 2.0])))], None, 2.0, "n"))
+    assert [o.status for o in run.outcomes()] == ["failed", "failed", "computed"]
+    assert "checksum" in run.done[0].message and "other keys" in run.done[1].message
+    assert run.done[2].seconds == 3.0 and len(store) == 1
+    np.testing.assert_array_equal(store.get("compare/c")[0]["values"], [1.0, 2.0, 3.0, 4.0])
 
 
 def test_a_rerun_with_everything_cached_starts_no_ray(paths, tmp_path, monkeypatch):

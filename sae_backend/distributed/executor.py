@@ -21,10 +21,13 @@ cache holds only complete, verified results, written by the driver alone.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import diskcache
 
 from .. import settings
 from ..cache import ArrayCache, CorruptEntry, decode_blob, resolve_cache
@@ -167,39 +170,11 @@ class _Run:
     def compute(
         self, cluster: Cluster, todo: list[tuple[int, str]], device: str, shard_rows: int
     ) -> None:
-        ray = cluster.ray
+        """Submit every item to do, then take results as they come, until none is pending."""
         if device.startswith("cuda") and cluster.gpus == 0:
             raise ClusterError(f"--device {device}, but the Ray cluster has no GPUs")
-        use_gpu = device != "cpu" and cluster.gpus > 0
-        refs: dict[int, Any] = {}  # id(dictionary) -> its object reference
-        item_task, shard_task = ray.remote(run_item), ray.remote(run_shard)
-
-        def put(ds: list[Dictionary]) -> list[Any]:
-            for d in ds:
-                if id(d) not in refs:
-                    refs[id(d)] = ray.put(d)
-            return [refs[id(d)] for d in ds]
-
-        pending: dict[Any, tuple[_Job, int]] = {}  # object ref -> (job, shard number)
-        for index, key in todo:
-            item = self.items[index]
-            call, ds = Call.of(item.call)
-            gpu = use_gpu and item.kind in ACCELERATED
-            where = "cuda" if gpu else "cpu"
-            options = {"num_cpus": 1, "num_gpus": 1 if gpu else 0, "max_retries": RETRIES}
-            shards = _row_shards(call, ds, where, shard_rows)
-            job = _Job(index, key, len(shards))
-            if not shards:
-                task = item_task.options(name=f"sae:{item.kind}", **options)
-                pending[task.remote(call, where, *put(ds))] = (job, 0)
-                continue
-            task = shard_task.options(name=f"sae:{item.kind}-shard", **options)
-            b = ds[1] if len(ds) > 1 else None
-            a_ref, b_ref = put(ds[:1])[0], (None if b is None else put([b])[0])
-            for n, rows in enumerate(shards):
-                ref = task.remote(call.kwargs["directions"], call.kwargs["k"], rows, where,
-                                  a_ref, b_ref)  # fmt: skip
-                pending[ref] = (job, n)
+        pending = self._submit(cluster, todo, device != "cpu" and cluster.gpus > 0, shard_rows)
+        ray = cluster.ray
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -210,12 +185,45 @@ class _Run:
                     result = ray.get(ref)
                 except ray.exceptions.RayTaskError:
                     raise  # a bug in a task (SAEErrors come back as results): its traceback
-                except ray.exceptions.RayError as e:
+                except ray.exceptions.RayError as e:  # retries spent: a worker or node died
                     job.failed = True
                     why = f"{type(e).__name__} after {RETRIES} retries: {one_line(e, 160)}"
                     self.finish(job.index, "failed", 0.0, why)
                     continue
                 self._collect(job, n, result)
+
+    def _submit(
+        self, cluster: Cluster, todo: list[tuple[int, str]], use_gpu: bool, shard_rows: int
+    ) -> dict[Any, tuple[_Job, int]]:
+        """One task per item, or one per row shard; {object ref: (job, shard number)}."""
+        ray = cluster.ray
+        refs: dict[int, Any] = {}  # id(dictionary) -> its object reference, put once
+
+        def put(d: Dictionary | None) -> Any:
+            if d is not None and id(d) not in refs:
+                refs[id(d)] = ray.put(d)
+            return None if d is None else refs[id(d)]
+
+        item_task, shard_task = ray.remote(run_item), ray.remote(run_shard)
+        pending: dict[Any, tuple[_Job, int]] = {}
+        for index, key in todo:
+            item = self.items[index]
+            call, ds = Call.of(item.call)
+            gpu = use_gpu and item.kind in ACCELERATED
+            where = "cuda" if gpu else "cpu"
+            options = {"num_cpus": 1, "num_gpus": 1 if gpu else 0, "max_retries": RETRIES}
+            shards = _row_shards(call, ds, where, shard_rows)
+            job = _Job(index, key, len(shards))
+            if not shards:
+                task = item_task.options(name=f"sae:{item.kind}", **options)
+                pending[task.remote(call, where, *map(put, ds))] = (job, 0)
+                continue
+            task = shard_task.options(name=f"sae:{item.kind}-shard", **options)
+            a, b = put(ds[0]), put(ds[1] if len(ds) > 1 else None)
+            for n, rows in enumerate(shards):
+                directions, k = call.kwargs["directions"], call.kwargs["k"]
+                pending[task.remote(directions, k, rows, where, a, b)] = (job, n)
+        return pending
 
     def _collect(self, job: _Job, n: int, result: Result) -> None:
         """Take one task's result; store the item once all of its tasks are in."""
@@ -243,6 +251,9 @@ class _Run:
                     self.store.set(key, *decode_blob(blob))
         except (CorruptEntry, ValueError) as e:  # a damaged blob, shards that disagree
             self.finish(job.index, "failed", seconds, f"result not stored: {e}")
+            return
+        except (OSError, sqlite3.Error, diskcache.Timeout) as e:  # the driver's disk
+            self.finish(job.index, "failed", seconds, f"result not stored: {one_line(e, 160)}")
             return
         self.finish(job.index, "computed", seconds)
 
