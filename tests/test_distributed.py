@@ -83,6 +83,20 @@ def test_call_keeps_dictionaries_out_of_its_arguments(paths):
         Call.of(lambda: None)
 
 
+def test_workers_get_the_drivers_settings(monkeypatch):
+    monkeypatch.delenv("SAE_TOPK_BLOCK_MB", raising=False)
+    monkeypatch.delenv("SAE_TOPK_ENGINE", raising=False)
+    assert executor.worker_env() == {"SAE_HEAVY_PAIRS": str(2**62)}  # the lock is lifted
+    monkeypatch.setenv("SAE_TOPK_BLOCK_MB", " 3 ")
+    monkeypatch.setenv("SAE_TOPK_ENGINE", "torch")
+    assert executor.worker_env() == {
+        "SAE_HEAVY_PAIRS": str(2**62), "SAE_TOPK_BLOCK_MB": "3", "SAE_TOPK_ENGINE": "torch"
+    }  # fmt: skip
+    monkeypatch.setenv("SAE_TOPK_BLOCK_MB", "lots")
+    with pytest.raises(InputError, match="SAE_TOPK_BLOCK_MB"):
+        executor.worker_env()
+
+
 def test_capture_keeps_blobs_and_probe_only_reads(tmp_path):
     store = ArrayCache(tmp_path / "c")
     capture = Capture()

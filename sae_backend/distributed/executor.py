@@ -21,6 +21,7 @@ cache holds only complete, verified results, written by the driver alone.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,18 +53,24 @@ ACCELERATED = frozenset({"compare", "null", "match"})  # top-k passes: one GPU e
 Report = Callable[[int, int, Outcome], None]
 
 
+FORWARDED = (settings.TOPK_BLOCK_MB, settings.TOPK_ENGINE)  # the driver's, when it sets them
+
+
 def worker_env() -> dict[str, str]:
     """The settings every worker of a run gets, whatever its node's environment says.
 
     The heavy-work lock (`activity.exclusive`) keeps one machine's processes from running
     big passes on one device at once; under Ray each task has its own CPU or GPU, and that
     lock would only serialise tasks sharing a node, so it is lifted. The block size is the
-    driver's, so that row shards, aligned to it here, line up with the workers' blocks.
+    driver's, so that row shards, aligned to it here, line up with the workers' blocks; the
+    top-k engine too, when the driver names one.
     """
     env = {settings.HEAVY_PAIRS.name: str(2**62)}
-    block_mb = settings.TOPK_BLOCK_MB.get()
-    if block_mb is not None:
-        env[settings.TOPK_BLOCK_MB.name] = str(block_mb)
+    for variable in FORWARDED:
+        raw = os.environ.get(variable.name, "").strip()
+        if raw:
+            variable.get()  # a bad value fails here, once, as one line
+            env[variable.name] = raw
     return env
 
 
