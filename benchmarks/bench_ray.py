@@ -42,7 +42,7 @@ from sae_backend.cache import ArrayCache  # noqa: E402
 from sae_backend.dictionary import Dictionary, RawSAE  # noqa: E402
 from sae_backend.distributed import SHARD_ROWS  # noqa: E402
 from sae_backend.distributed.cluster import connected  # noqa: E402
-from sae_backend.distributed.executor import precompute_on_ray, worker_env  # noqa: E402
+from sae_backend.distributed.executor import precompute_on_ray  # noqa: E402
 from sae_backend.geometry.shards import shard_memory  # noqa: E402
 from tests.factories import write_saelens  # noqa: E402
 from tests.ray_cluster import LocalCluster, add_node, start_cluster, stop_cluster  # noqa: E402
@@ -124,7 +124,7 @@ def transport(cluster: LocalCluster, d: Dictionary, path: str, tiny: str) -> dic
     """Seconds for a task on the second node to hold dictionary `d`: through the object store
     (first and second time) and by loading `path` through the node's cache (cold, warm);
     a worker there has loaded the small dictionary `tiny` first (imports out of the way)."""
-    with connected(cluster.address, worker_env()) as c:
+    with connected(cluster.address) as c:
         ray = c.ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sae_backend import settings
 from sae_backend.cache import ArrayCache, decode_blob, encode_blob
 from sae_backend.cli import main
 from sae_backend.distributed import executor
 from sae_backend.distributed.capture import Capture, Missing, Probe
-from sae_backend.distributed.tasks import Call, Result, Slot, run_item
+from sae_backend.distributed.tasks import Call, Result, Slot, run_item, settings_of
 from sae_backend.errors import InputError
 from sae_backend.loader import load
 from sae_backend.precompute import Item, plan, precompute
@@ -60,7 +61,7 @@ def test_every_kind_of_item_runs_as_a_task_under_the_drivers_key(paths, tmp_path
         call, ds = Call.of(item.call)
         assert all(isinstance(d, type(dicts["a"])) for d in ds)
         assert "cache" not in call.kwargs and len(ds) == len({id(d) for d in ds})
-        result = run_item(call, "cpu", *ds)
+        result = run_item(call, "cpu", {}, *ds)
         assert result.error is None and result.node == "local"
         assert [key for key, _ in result.entries] == [missing.value.key]
         arrays, meta = decode_blob(result.entries[0][1])
@@ -95,6 +96,12 @@ def test_workers_get_the_drivers_settings(monkeypatch):
     monkeypatch.setenv("SAE_TOPK_BLOCK_MB", "lots")
     with pytest.raises(InputError, match="SAE_TOPK_BLOCK_MB"):
         executor.worker_env()
+    # a task applies them around its work, then the node's own environment is back
+    monkeypatch.setenv("SAE_TOPK_BLOCK_MB", "64")  # the node's
+    monkeypatch.delenv("SAE_HEAVY_PAIRS", raising=False)
+    with settings_of({"SAE_TOPK_BLOCK_MB": "1", "SAE_HEAVY_PAIRS": "7"}):
+        assert settings.TOPK_BLOCK_MB.get() == 1 and settings.HEAVY_PAIRS.get() == 7
+    assert os.environ["SAE_TOPK_BLOCK_MB"] == "64" and "SAE_HEAVY_PAIRS" not in os.environ
 
 
 def test_capture_keeps_blobs_and_probe_only_reads(tmp_path):

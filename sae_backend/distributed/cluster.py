@@ -12,8 +12,10 @@ runs (`precompute --ray`); see ../shared/reference/ray-notes.md for what is meas
   and requires a token that only this run knows (RAY_AUTH_TOKEN in its environment): a
   plain local `ray.init()` would write one to ~/.ray/auth_token, which later `ray start`
   clusters of the same user then silently require.
-* Workers run in their node's environment, not the driver's: `env` (the settings a
-  computation reads) goes to every worker of the run through Ray's runtime_env.
+* Workers run in their node's environment, not the driver's: the settings a computation
+  reads travel with each task as an argument (`executor.worker_env`, `tasks.settings_of`),
+  which, unlike a job-wide runtime_env, lets Ray hand tasks to the workers it started in
+  advance (2-5 s less per run here).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -96,7 +98,7 @@ def check_reachable(address: str, timeout: float = PROBE_SECONDS) -> None:
 
 
 @contextlib.contextmanager
-def connected(address: str | None, env: Mapping[str, str] | None = None) -> Iterator[Cluster]:
+def connected(address: str | None) -> Iterator[Cluster]:
     """Ray connected to the cluster at `address` (None: a private Ray on this machine, on
     loopback, stopped at the end), stdout pointed at stderr meanwhile, shut down after."""
     check_installed()
@@ -117,7 +119,6 @@ def connected(address: str | None, env: Mapping[str, str] | None = None) -> Iter
                 include_dashboard=False if address is None else None,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
-                runtime_env={"env_vars": dict(env or {})},
             )
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ClusterError(

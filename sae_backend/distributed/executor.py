@@ -57,7 +57,8 @@ FORWARDED = (settings.TOPK_BLOCK_MB, settings.TOPK_ENGINE)  # the driver's, when
 
 
 def worker_env() -> dict[str, str]:
-    """The settings every worker of a run gets, whatever its node's environment says.
+    """The settings every task of a run gets (as an argument), whatever its node's
+    environment says.
 
     The heavy-work lock (`activity.exclusive`) keeps one machine's processes from running
     big passes on one device at once; under Ray each task has its own CPU or GPU, and that
@@ -104,7 +105,7 @@ def precompute_on_ray(
     run = _Run(items, store, progress, report)
     todo = [(i, key) for i, item in enumerate(items) if (key := run.probe(i, item)) is not None]
     if todo:
-        with connected(address, worker_env()) as cluster:
+        with connected(address) as cluster:
             if log is not None:
                 log(f"{cluster.describe()}; {len(todo)} of {len(items)} items to compute")
             run.compute(cluster, todo, device, shard_rows)
@@ -212,6 +213,7 @@ class _Run:
             return None if d is None else refs[id(d)]
 
         item_task, shard_task = ray.remote(run_item), ray.remote(run_shard)
+        env = worker_env()
         pending: dict[Any, tuple[_Job, int]] = {}
         for index, key in todo:
             item = self.items[index]
@@ -223,13 +225,13 @@ class _Run:
             job = _Job(index, key, len(shards))
             if not shards:
                 task = item_task.options(name=f"sae:{item.kind}", **options)
-                pending[task.remote(call, where, *map(put, ds))] = (job, 0)
+                pending[task.remote(call, where, env, *map(put, ds))] = (job, 0)
                 continue
             task = shard_task.options(name=f"sae:{item.kind}-shard", **options)
             a, b = put(ds[0]), put(ds[1] if len(ds) > 1 else None)
             for n, rows in enumerate(shards):
                 directions, k = call.kwargs["directions"], call.kwargs["k"]
-                pending[task.remote(directions, k, rows, where, a, b)] = (job, n)
+                pending[task.remote(directions, k, rows, where, env, a, b)] = (job, n)
         return pending
 
     def _collect(self, job: _Job, n: int, result: Result) -> None:

@@ -10,9 +10,11 @@ copy); inside an item's arguments they are `Slot(i)` placeholders.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -24,7 +26,7 @@ from ..geometry.compare import compare_entry
 from ..types import Directions
 from .capture import Capture
 
-__all__ = ["Call", "Result", "Slot", "run_item", "run_shard"]
+__all__ = ["Call", "Result", "Slot", "run_item", "run_shard", "settings_of"]
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,14 @@ class Result:
     node: str
 
 
-def run_item(call: Call, device: str, *dicts: Dictionary) -> Result:
-    """Compute one precompute item on `device` ("cpu", "cuda": what Ray gave this task)."""
+def run_item(call: Call, device: str, env: Mapping[str, str], *dicts: Dictionary) -> Result:
+    """Compute one precompute item on `device` ("cpu", "cuda": what Ray gave this task) with
+    the driver's settings `env` (`executor.worker_env`)."""
     capture = Capture()
     start = time.perf_counter()
     try:
-        call.bind(dicts, cache=capture, device=device)()
+        with settings_of(env):
+            call.bind(dicts, cache=capture, device=device)()
     except SAEError as e:  # the item failed; the run goes on (as on one machine)
         return Result([], one_line(e), time.perf_counter() - start, _node())
     return Result(capture.entries, None, time.perf_counter() - start, _node())
@@ -107,16 +111,35 @@ def run_shard(
     k: int,
     rows: slice,
     device: str,
+    env: Mapping[str, str],
     a: Dictionary,
     b: Dictionary | None,
 ) -> Result:
     """Compute rows `rows` of compare(a, b)'s entry; the entry's key is the driver's."""
     start = time.perf_counter()
     try:
-        arrays, meta = compare_entry(a, b, directions=directions, k=k, device=device, rows=rows)
+        with settings_of(env):
+            entry = compare_entry(a, b, directions=directions, k=k, device=device, rows=rows)
     except SAEError as e:
         return Result([], one_line(e), time.perf_counter() - start, _node())
-    return Result([("", encode_blob(arrays, meta))], None, time.perf_counter() - start, _node())
+    return Result([("", encode_blob(*entry))], None, time.perf_counter() - start, _node())
+
+
+@contextlib.contextmanager
+def settings_of(env: Mapping[str, str]) -> Iterator[None]:
+    """The driver's settings in this process's environment for one task, then the node's
+    again. Workers inherit their node's environment, and `settings` reads variables at each
+    call, so this is all it takes; a worker runs one task at a time."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _node() -> str:
