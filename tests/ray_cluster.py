@@ -70,6 +70,7 @@ class LocalCluster:
     address: str
     nodes: list[Node] = field(default_factory=list)  # the head first
     root: Path | None = None
+    object_store_mb: int = 200  # each node's
     token: str = field(default_factory=lambda: secrets.token_hex(32))
 
     @property
@@ -88,16 +89,16 @@ class LocalCluster:
         return [pid for node in self.nodes for pid in node.pids()]
 
 
-def start_cluster(n_nodes: int = 2, *, node_env: dict[str, str] | None = None) -> LocalCluster:
+def start_cluster(
+    n_nodes: int = 2, *, node_env: dict[str, str] | None = None, object_store_mb: int = 200
+) -> LocalCluster:
     """A head and n_nodes - 1 joined nodes, one CPU each, all up and registered."""
     root = Path(tempfile.mkdtemp(prefix="sae-ray-", dir="/tmp"))  # short: Ray's socket paths
     port = free_port()
-    cluster = LocalCluster(f"127.0.0.1:{port}", root=root)
+    cluster = LocalCluster(f"127.0.0.1:{port}", root=root, object_store_mb=object_store_mb)
     try:
         head = ["--head", f"--port={port}", "--include-dashboard=false"]
-        cluster.nodes.append(
-            _start_node(root / "n0", head, {**cluster.auth_env, **(node_env or {})})
-        )
+        cluster.nodes.append(_start_node(cluster, root / "n0", head, node_env))
         _wait_listening(port, cluster.nodes[0])  # the GCS: the others may join meanwhile
         for _ in range(1, n_nodes):
             add_node(cluster, node_env=node_env, wait=False)
@@ -115,23 +116,24 @@ def add_node(
     """One more node (one CPU) joining `cluster`."""
     assert cluster.root is not None
     where = [f"--address={cluster.address}"]
-    env = {**cluster.auth_env, **(node_env or {})}
-    node = _start_node(cluster.root / f"n{len(cluster.nodes)}", where, env)
+    node = _start_node(cluster, cluster.root / f"n{len(cluster.nodes)}", where, node_env)
     cluster.nodes.append(node)
     if wait:
         _wait_ready(node)
     return node
 
 
-def _start_node(folder: Path, where: list[str], extra_env: dict[str, str]) -> Node:
+def _start_node(
+    cluster: LocalCluster, folder: Path, where: list[str], node_env: dict[str, str] | None
+) -> Node:
     cache_dir = folder / "cache"
     cache_dir.mkdir(parents=True)
     log = folder / "ray_start.log"
-    env = {**os.environ, **LOOPBACK_ENV, **QUIET_ENV, "PYTHONPATH": str(ROOT),
-           "SAE_CACHE_DIR": str(cache_dir), **extra_env}  # fmt: skip
+    env = {**os.environ, **LOOPBACK_ENV, **QUIET_ENV, **cluster.auth_env,
+           "PYTHONPATH": str(ROOT), "SAE_CACHE_DIR": str(cache_dir), **(node_env or {})}  # fmt: skip
     args = [
         sys.executable, str(NODE_SCRIPT), "start", *where, "--num-cpus=1", "--num-gpus=0",
-        "--object-store-memory=200000000", f"--temp-dir={folder / 'ray'}",
+        f"--object-store-memory={cluster.object_store_mb * 10**6}", f"--temp-dir={folder / 'ray'}",
         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
         "--disable-usage-stats", "--block",

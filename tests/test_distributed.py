@@ -87,11 +87,14 @@ def test_call_keeps_dictionaries_out_of_its_arguments(paths):
 def test_workers_get_the_drivers_settings(monkeypatch):
     monkeypatch.delenv("SAE_TOPK_BLOCK_MB", raising=False)
     monkeypatch.delenv("SAE_TOPK_ENGINE", raising=False)
+    monkeypatch.delenv("SAE_TOPK_PRECISION", raising=False)
     assert executor.worker_env() == {"SAE_HEAVY_PAIRS": str(2**62)}  # the lock is lifted
     monkeypatch.setenv("SAE_TOPK_BLOCK_MB", " 3 ")
     monkeypatch.setenv("SAE_TOPK_ENGINE", "torch")
+    monkeypatch.setenv("SAE_TOPK_PRECISION", "fp32")
     assert executor.worker_env() == {
-        "SAE_HEAVY_PAIRS": str(2**62), "SAE_TOPK_BLOCK_MB": "3", "SAE_TOPK_ENGINE": "torch"
+        "SAE_HEAVY_PAIRS": str(2**62), "SAE_TOPK_BLOCK_MB": "3", "SAE_TOPK_ENGINE": "torch",
+        "SAE_TOPK_PRECISION": "fp32",
     }  # fmt: skip
     monkeypatch.setenv("SAE_TOPK_BLOCK_MB", "lots")
     with pytest.raises(InputError, match="SAE_TOPK_BLOCK_MB"):

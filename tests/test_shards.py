@@ -111,3 +111,21 @@ def test_merge_entries_refuses_shards_that_disagree():
         merge_entries([one, ({"other": np.zeros((2, 1), np.float32)}, {})])
     with pytest.raises(ValueError, match="no shards"):
         merge_entries([])
+
+
+@pytest.mark.parametrize("path", ["fp32", "bf16"])
+def test_a_fixed_precision_overrides_the_per_process_timing(path, monkeypatch):
+    """SAE_TOPK_PRECISION fixes the path "auto" takes for large passes (on CPUs it is
+    otherwise a timing per process, and the two paths may differ in the last bit); small
+    passes stay float32."""
+    monkeypatch.setenv("SAE_TOPK_PRECISION", path)
+    rng = np.random.default_rng(7)
+    a, b = unit(rng.standard_normal((4200, 16))), unit(rng.standard_normal((4100, 16)))
+    info: dict = {}
+    fixed = topk_cosine(a, b, 1, device="cpu", info=info)
+    assert info["path"] == path  # 4200 x 4100 pairs: past the small-pass size
+    np.testing.assert_array_equal(
+        fixed.values, topk_cosine(a, b, 1, device="cpu", precision=path).values
+    )
+    topk_cosine(a[:100], b[:100], 1, device="cpu", info=info)
+    assert info["path"] == "fp32"

@@ -42,7 +42,7 @@ from ..types import DIRECTIONS, Directions, Progress
 from . import SHARD_ROWS
 from .capture import Missing, Probe
 from .cluster import Cluster, check_reachable, connected
-from .tasks import Call, Result, run_item, run_shard
+from .tasks import Call, Result, cpu_precision, run_item, run_shard
 
 __all__ = ["ACCELERATED", "RETRIES", "precompute_on_ray", "worker_env"]
 
@@ -53,7 +53,7 @@ ACCELERATED = frozenset({"compare", "null", "match"})  # top-k passes: one GPU e
 Report = Callable[[int, int, Outcome], None]
 
 
-FORWARDED = (settings.TOPK_BLOCK_MB, settings.TOPK_ENGINE)  # the driver's, when it sets them
+FORWARDED = (settings.TOPK_BLOCK_MB, settings.TOPK_ENGINE, settings.TOPK_PRECISION)  # when set
 
 
 def worker_env() -> dict[str, str]:
@@ -64,7 +64,7 @@ def worker_env() -> dict[str, str]:
     big passes on one device at once; under Ray each task has its own CPU or GPU, and that
     lock would only serialise tasks sharing a node, so it is lifted. The block size is the
     driver's, so that row shards, aligned to it here, line up with the workers' blocks; the
-    top-k engine too, when the driver names one.
+    top-k engine and scoring path too, when the driver names them.
     """
     env = {settings.HEAVY_PAIRS.name: str(2**62)}
     for variable in FORWARDED:
@@ -212,26 +212,30 @@ class _Run:
                 refs[id(d)] = ray.put(d)
             return None if d is None else refs[id(d)]
 
-        item_task, shard_task = ray.remote(run_item), ray.remote(run_shard)
-        env = worker_env()
-        pending: dict[Any, tuple[_Job, int]] = {}
-        for index, key in todo:
+        plans = []
+        for index, _ in todo:
             item = self.items[index]
             call, ds = Call.of(item.call)
-            gpu = use_gpu and item.kind in ACCELERATED
-            where = "cuda" if gpu else "cpu"
+            where = "cuda" if use_gpu and item.kind in ACCELERATED else "cpu"
+            plans.append((item.kind, call, ds, where, _row_shards(call, ds, where, shard_rows)))
+        env = {"cpu": worker_env(), "cuda": worker_env()}
+        if any(where == "cpu" and shards for *_, where, shards in plans):
+            env["cpu"] = _fixed_precision(ray, env["cpu"])
+        item_task, shard_task = ray.remote(run_item), ray.remote(run_shard)
+        pending: dict[Any, tuple[_Job, int]] = {}
+        for (index, key), (kind, call, ds, where, shards) in zip(todo, plans, strict=True):
+            gpu = where == "cuda"
             options = {"num_cpus": 1, "num_gpus": 1 if gpu else 0, "max_retries": RETRIES}
-            shards = _row_shards(call, ds, where, shard_rows)
             job = _Job(index, key, len(shards))
             if not shards:
-                task = item_task.options(name=f"sae:{item.kind}", **options)
-                pending[task.remote(call, where, env, *map(put, ds))] = (job, 0)
+                task = item_task.options(name=f"sae:{kind}", **options)
+                pending[task.remote(call, where, env[where], *map(put, ds))] = (job, 0)
                 continue
-            task = shard_task.options(name=f"sae:{item.kind}-shard", **options)
+            task = shard_task.options(name=f"sae:{kind}-shard", **options)
             a, b = put(ds[0]), put(ds[1] if len(ds) > 1 else None)
+            directions, k = call.kwargs["directions"], call.kwargs["k"]
             for n, rows in enumerate(shards):
-                directions, k = call.kwargs["directions"], call.kwargs["k"]
-                pending[task.remote(directions, k, rows, where, env, a, b)] = (job, n)
+                pending[task.remote(directions, k, rows, where, env[where], a, b)] = (job, n)
         return pending
 
     def _collect(self, job: _Job, n: int, result: Result) -> None:
@@ -265,6 +269,16 @@ class _Run:
             self.finish(job.index, "failed", seconds, f"result not stored: {one_line(e, 160)}")
             return
         self.finish(job.index, "computed", seconds)
+
+
+def _fixed_precision(ray: Any, env: dict[str, str]) -> dict[str, str]:
+    """`env` with the CPU scoring path fixed for the run: the shards of one comparison must
+    take one path to merge into one pass's bits, and on CPUs "auto" is a timing, made anew
+    in each process. One CPU task times it for all (unless the driver set it)."""
+    if settings.TOPK_PRECISION.name in env:
+        return env
+    chosen = ray.get(ray.remote(cpu_precision).options(num_cpus=1).remote())
+    return {**env, settings.TOPK_PRECISION.name: chosen}
 
 
 def _row_shards(call: Call, ds: list[Dictionary], device_type: str, shard_rows: int) -> list[slice]:

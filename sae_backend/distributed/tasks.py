@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import torch
+
 from ..cache import encode_blob
 from ..dictionary import Dictionary
 from ..errors import SAEError, one_line
 from ..geometry.compare import compare_entry
+from ..geometry.topk import pick_precision
 from ..types import Directions
 from .capture import Capture
 
-__all__ = ["Call", "Result", "Slot", "run_item", "run_shard", "settings_of"]
+__all__ = ["Call", "Result", "Slot", "cpu_precision", "run_item", "run_shard", "settings_of"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,11 @@ def run_shard(
     except SAEError as e:
         return Result([], one_line(e), time.perf_counter() - start, _node())
     return Result([("", encode_blob(*entry))], None, time.perf_counter() - start, _node())
+
+
+def cpu_precision() -> str:
+    """The exact scoring path this worker's CPU takes for large passes (timed here)."""
+    return pick_precision(torch.device("cpu"))
 
 
 @contextlib.contextmanager

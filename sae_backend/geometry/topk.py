@@ -101,7 +101,13 @@ def pick_precision(device: torch.device) -> str:
 
     GPUs with tensor cores always gain from bf16; on CPUs it depends on the hardware
     (bf16 units or not), so time one small product of each kind once per process.
+    `$SAE_TOPK_PRECISION` (bf16 or fp32) overrides it: the two paths' values can differ in
+    the last float32 bit, and processes that must agree bit for bit (a Ray run's tasks)
+    cannot rely on a timing.
     """
+    forced = settings.TOPK_PRECISION.get()
+    if forced != "auto":
+        return forced
     key = str(device)
     if key not in _PRECISION_CHOICE:
         if device.type == "cuda":
