@@ -107,6 +107,20 @@ def test_workers_get_the_drivers_settings(monkeypatch):
     assert os.environ["SAE_TOPK_BLOCK_MB"] == "64" and "SAE_HEAVY_PAIRS" not in os.environ
 
 
+def test_the_run_knows_its_largest_pass_side(paths):
+    """Whether a run must fix the CPU scoring path: the most rows on one side of an item's
+    passes (a UMAP's kNN graph is one pass over all its points)."""
+    dicts = {n: load(p) for n, p in paths.items()}
+    sides = {}
+    for item in plan(dicts, directions=["decoder"], cache=True):
+        call, ds = Call.of(item.call)
+        sides[(item.kind, item.label)] = executor._largest_side(call, ds)
+    assert sides[("compare", "a -> b (decoder)")] == 220
+    assert sides[("compare", "b within itself (decoder)")] == 200
+    assert sides[("null", f"200 x 220, d {D} (as b -> a)")] == 220
+    assert sides[("umap", "a + b (decoder)")] == 420
+
+
 def test_capture_keeps_blobs_and_probe_only_reads(tmp_path):
     store = ArrayCache(tmp_path / "c")
     capture = Capture()

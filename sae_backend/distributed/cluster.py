@@ -15,7 +15,7 @@ runs (`precompute --ray`); see ../shared/reference/ray-notes.md for what is meas
 * Workers run in their node's environment, not the driver's: the settings a computation
   reads travel with each task as an argument (`executor.worker_env`, `tasks.settings_of`),
   which, unlike a job-wide runtime_env, lets Ray hand tasks to the workers it started in
-  advance (2-5 s less per run here).
+  advance (1-5 s less per run here).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def connected(address: str | None) -> Iterator[Cluster]:
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
             raise ClusterError(
                 f"cannot connect to Ray at {address or 'a local instance'}: {one_line(e, 160)}"
             ) from None

@@ -36,8 +36,9 @@ from ..dictionary import Dictionary
 from ..errors import ClusterError, InputError, SAEError, one_line
 from ..geometry.compare import compare
 from ..geometry.shards import merge_entries, row_shards
-from ..geometry.topk import default_block_rows
+from ..geometry.topk import SMALL_PAIRS, default_block_rows
 from ..precompute import KINDS, Item, Outcome, plan
+from ..projection import umap_embedding
 from ..types import DIRECTIONS, Directions, Progress
 from . import SHARD_ROWS
 from .capture import Missing, Probe
@@ -219,7 +220,8 @@ class _Run:
             where = "cuda" if use_gpu and item.kind in ACCELERATED else "cpu"
             plans.append((item.kind, call, ds, where, _row_shards(call, ds, where, shard_rows)))
         env = {"cpu": worker_env(), "cuda": worker_env()}
-        if any(where == "cpu" and shards for *_, where, shards in plans):
+        cpu_sides = [_largest_side(call, ds) for _, call, ds, where, _ in plans if where == "cpu"]
+        if max(cpu_sides, default=0) ** 2 >= SMALL_PAIRS:  # a pass where "auto" would time
             env["cpu"] = _fixed_precision(ray, env["cpu"])
         item_task, shard_task = ray.remote(run_item), ray.remote(run_shard)
         pending: dict[Any, tuple[_Job, int]] = {}
@@ -271,10 +273,19 @@ class _Run:
         self.finish(job.index, "computed", seconds)
 
 
+def _largest_side(call: Call, ds: list[Dictionary]) -> int:
+    """The most rows on one side of the item's passes: its dictionaries' included features,
+    or a null's sizes (its whole-number arguments)."""
+    sizes = [len(d.alive_index) for d in ds] + [x for x in call.args if type(x) is int]
+    return sum(sizes) if call.func is umap_embedding else max(sizes, default=0)
+
+
 def _fixed_precision(ray: Any, env: dict[str, str]) -> dict[str, str]:
-    """`env` with the CPU scoring path fixed for the run: the shards of one comparison must
-    take one path to merge into one pass's bits, and on CPUs "auto" is a timing, made anew
-    in each process. One CPU task times it for all (unless the driver set it)."""
+    """`env` with the CPU scoring path fixed for the run. On CPUs "auto" is a timing, made
+    anew in each process, and the bf16 and float32 paths can differ in the last bit: the
+    shards of one comparison must take one path to merge into one pass's bits, and a run
+    should give the same bits whichever worker took an item. One CPU task times it for all
+    (unless the driver set SAE_TOPK_PRECISION)."""
     if settings.TOPK_PRECISION.name in env:
         return env
     chosen = ray.get(ray.remote(cpu_precision).options(num_cpus=1).remote())

@@ -46,7 +46,7 @@ from ..types import TopkEngine
 
 GROUP = 64  # columns per group when shortlisting candidates from a bf16 score block
 _U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
-_SMALL_PAIRS = 2**24  # below this many pairs "auto" takes the float32 path
+SMALL_PAIRS = 2**24  # below this many pairs "auto" takes the float32 path
 _U_ACC = 2.0**-22  # float32 accumulation, with margin for tensor-core accumulation order
 
 
@@ -93,7 +93,7 @@ _PRECISION_CHOICE: dict[str, str] = {}
 def auto_precision(n_a: int, n_b: int, device: torch.device) -> str:
     """The path precision="auto" takes for an n_a x n_b pass: float32 for small passes (fast
     enough, and no timing of the hardware), else `pick_precision(device)`."""
-    return "fp32" if n_a * n_b < _SMALL_PAIRS else pick_precision(device)
+    return "fp32" if n_a * n_b < SMALL_PAIRS else pick_precision(device)
 
 
 def pick_precision(device: torch.device) -> str:
