@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -246,6 +247,7 @@ def main() -> None:
         moved = transport(cluster, dicts["D0"], path, tiny)
     finally:
         stop_cluster(cluster)
+        shutil.rmtree(root, ignore_errors=True)
     size_mb = raw[0].nbytes / 2**20
     print(f"\ngetting a {size_mb:.0f} MB dictionary onto the second node (task round trip):")
     for name, seconds in moved.items():
