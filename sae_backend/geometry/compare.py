@@ -27,11 +27,19 @@ from .matching import (
     match_one_to_one,
 )
 from .stats import Summary, summarize
-from .topk import TopK, topk_cosine
+from .topk import TopK, auto_precision, pick_device, topk_cosine
 
 MAX_K = 100
 
-__all__ = ["DIRECTIONS", "MAX_K", "Comparison", "check_comparable", "compare", "match"]
+__all__ = [
+    "DIRECTIONS",
+    "MAX_K",
+    "Comparison",
+    "check_comparable",
+    "compare",
+    "compare_entry",
+    "match",
+]
 
 
 @dataclass(frozen=True)
@@ -118,10 +126,7 @@ def compare(
         raise InputError(f"k must be between 1 and {min(MAX_K, n_targets)}, got {k}")
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:
-        va = a.directions(directions)[ia]
-        vb = None if b is None else b.directions(directions)[ib]
-        res = topk_cosine(va, vb, k, device=device, progress=progress)
-        return {"values": res.values, "indices": ib[res.indices]}, {}
+        return compare_entry(a, b, directions=directions, k=k, device=device, progress=progress)
 
     fb = None if b is None else b.fingerprint
     key = make_key("compare", a.fingerprint, fb or "self", directions=directions, k=k)
@@ -129,6 +134,35 @@ def compare(
     return Comparison(
         a.fingerprint, fb, directions, ia, arrays["values"], arrays["indices"], n_targets
     )
+
+
+def compare_entry(
+    a: Dictionary,
+    b: Dictionary | None,
+    *,
+    directions: Directions,
+    k: int,
+    device: str = "auto",
+    rows: slice | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """What `compare` caches: ({"values", "indices"} [m, k], {}), row i for A's i-th included
+    feature; with `rows`, only those rows: a shard of the pass, which `geometry.shards` merges
+    back (bit-identical when shards start on block edges, see `topk_cosine`). No argument
+    checks: `compare` makes them. Memory: a shard across dictionaries holds only its rows of
+    A (and all of B); one within A holds all of A, its own targets."""
+    ia = a.alive_index
+    ib = ia if b is None else b.alive_index
+    vectors = a.directions(directions)
+    if b is None:
+        res = topk_cosine(vectors[ia], None, k, device=device, rows=rows, progress=progress)
+    else:
+        res = topk_cosine(
+            vectors[ia[rows or slice(None)]], b.directions(directions)[ib], k, device=device,
+            precision=auto_precision(len(ia), len(ib), pick_device(device)),  # the whole pass's
+            progress=progress,
+        )  # fmt: skip
+    return {"values": res.values, "indices": ib[res.indices]}, {}
 
 
 def match(
