@@ -15,10 +15,16 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sae_backend.geometry.families import Chain, Families, LevelCounts
 from sae_backend.projection import Embedding
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 NULL_COLOUR = "#7f7f7f"  # grey: random directions, never one of the palette's colours
+ROTATION_COLOUR = "#3a3a3a"  # dark grey, dotted: B rotated at random (the rotation null)
+# Families: one colour per label, the same in the counts chart and the family's nodes.
+LABEL_COLOURS = {"vanished": "#9e9e9e", "stable": "#1f77b4", "split": "#ff7f0e",
+                 "novel": "#2ca02c"}  # fmt: skip
+WIDEST_COLOUR = "#aec7e8"  # a node of the widest dictionary that has a parent (no label)
 COSINE_BINS = {"start": -0.05, "end": 1.0, "size": 0.01}  # one bin width for every histogram
 HistogramLayout = Literal["overlaid", "faceted"]
 
@@ -35,19 +41,23 @@ class HistogramSeries:
     max_cos: [n_a] float, each alive feature of A's largest cosine to B.
     null:    [n_a] float, the same for random unit directions (counts and dimension of A, B).
     matched: [n_a] float, cosines of the one-to-one matching (NaN: unmatched), or None.
+    rotation: [n_a] float, the same against B rotated by a random orthogonal matrix (the
+              rotation null), or None (not asked for; never for within A).
     """
 
     label: str
     max_cos: np.ndarray
     null: np.ndarray
     matched: np.ndarray | None = None
+    rotation: np.ndarray | None = None
 
 
 def similarity_histogram(
     series: Sequence[HistogramSeries], layout: HistogramLayout, show_null: bool
 ) -> go.Figure:
     """Density histograms of max cosines, a dashed line at each mean (the MMCS), optionally the
-    matched cosines (hatched) and the random null (grey); all in one panel, or one per series."""
+    matched cosines (hatched), the random null (grey) and the rotation null (dark grey,
+    dotted, where a series has one); all in one panel, or one per series."""
     n_rows = max(1, len(series)) if layout == "faceted" else 1
     fig = make_subplots(
         rows=n_rows,
@@ -77,6 +87,13 @@ def similarity_histogram(
                 go.Histogram(x=s.null, xbins=COSINE_BINS, name=f"null for {s.label}",
                              histnorm="probability density", marker_color=NULL_COLOUR,
                              opacity=0.35),
+                **where,
+            )  # fmt: skip
+        if s.rotation is not None:
+            fig.add_trace(
+                go.Histogram(x=s.rotation, xbins=COSINE_BINS, name=f"rotation null for {s.label}",
+                             histnorm="probability density", marker_color=ROTATION_COLOUR,
+                             opacity=0.45, marker_pattern_shape="."),
                 **where,
             )  # fmt: skip
     fig.update_layout(
@@ -158,3 +175,191 @@ def umap_scatter(
     fig.update_layout(height=650, dragmode="zoom", margin={"t": 20},
                       legend={"itemsizing": "constant"})  # fmt: skip
     return fig, traces
+
+
+# --- Families ---------------------------------------------------------------------------------
+def label_counts_bar(counts: Sequence[LevelCounts], level_names: Sequence[str]) -> go.Figure:
+    """Grouped bars: per level (x, 'narrow → wide'), how many features have each label;
+    hover adds the fraction of that level's narrower (novel: wider) alive features."""
+    fig = go.Figure()
+    for label, col in LABEL_COLOURS.items():
+        y = [getattr(c, label) for c in counts]
+        base = [c.n_wide if label == "novel" else c.n_narrow for c in counts]
+        fig.add_trace(
+            go.Bar(x=list(level_names), y=y, name=label, marker_color=col,
+                   customdata=[v / b if b else 0.0 for v, b in zip(y, base, strict=True)],
+                   hovertemplate=f"{label}: %{{y}} (%{{customdata:.1%}})<extra>%{{x}}</extra>")
+        )  # fmt: skip
+    fig.update_layout(
+        barmode="group",
+        height=380,
+        xaxis_title="level (narrower → wider)",
+        yaxis_title="features",
+        legend={"orientation": "h", "y": 1.12},
+        margin={"t": 40},
+    )
+    return fig
+
+
+def node_label(fam: Families, dictionary: int, feature: int) -> str:
+    """The label a family member is coloured by: vanished / stable / split relative to the next
+    wider dictionary; in the widest, novel or '' (it has a parent)."""
+    labels = fam.labels_of(dictionary, feature)
+    return labels[-1] if labels else ""
+
+
+def family_sankey(fam: Families, chain: Chain, names: Sequence[str]) -> go.Figure:
+    """One feature's family as a sankey: a column per dictionary of the ladder (narrowest on the
+    left), a node per member coloured by its label (the chosen feature outlined), a link per
+    parent -> child edge as wide as its decoder cosine (shown on hover).
+
+    Nodes are listed by column, top to bottom (customdata: their labels); within a column,
+    descendants are placed by their parents' places, ancestors by their children's."""
+    rank = _sankey_ranks(chain)
+    # nodes in column order, top to bottom: plotly stacks a node's links in node order, so
+    # listing them as they are placed keeps each node's links from crossing one another
+    nodes = sorted(chain.nodes, key=lambda n: (n[0], rank[n]))
+    where = {n: i for i, n in enumerate(nodes)}
+    columns = max(1, len(names) - 1)
+    per_col: dict[int, int] = {}
+    for i, _ in nodes:
+        per_col[i] = per_col.get(i, 0) + 1
+    x = [min(max(i / columns, 0.001), 0.999) for i, _ in nodes]
+    y = [min(max((rank[n] + 0.5) / per_col[n[0]], 0.001), 0.999) for n in nodes]
+    focus = (chain.dictionary, chain.feature)
+    colours = [LABEL_COLOURS.get(node_label(fam, i, f), WIDEST_COLOUR) for i, f in nodes]
+    fig = go.Figure(
+        go.Sankey(
+            arrangement="fixed",
+            node={
+                "label": [_member_text(fam, chain, names, n) for n in nodes],
+                "x": x, "y": y, "color": colours, "pad": 18, "thickness": 18,
+                "line": {"color": ["black" if n == focus else "white" for n in nodes],
+                         "width": [3 if n == focus else 0.5 for n in nodes]},
+                "customdata": [", ".join(fam.labels_of(i, f)) or "—" for i, f in nodes],
+                "hovertemplate": "%{label}<br>labels: %{customdata}<extra></extra>",
+            },
+            link={
+                "source": [where[(e.level, e.parent)] for e in chain.edges],
+                "target": [where[(e.level + 1, e.child)] for e in chain.edges],
+                "value": [e.cosine for e in chain.edges],
+                "customdata": [e.cosine for e in chain.edges],
+                "color": "rgba(120, 120, 120, 0.35)",
+                "hovertemplate": "%{source.label} → %{target.label}: cos %{customdata:.3f}"
+                                 "<extra></extra>",
+            },
+        )
+    )  # fmt: skip
+    fig.update_layout(height=min(900, 160 + 48 * max(per_col.values())),
+                      margin={"t": 30, "b": 10, "l": 110, "r": 110}, font={"size": 13})  # fmt: skip
+    return fig
+
+
+def _member_text(fam: Families, chain: Chain, names: Sequence[str], node: tuple[int, int]) -> str:
+    """A sankey node's text: 'x4-s0 #535 · stable · cos 0.839' (label, cosine to each parent
+    in the chain); the cosines stand on the nodes, as plotly draws no text on links."""
+    i, f = node
+    parts = [f"{names[i]} #{f}"]
+    if label := node_label(fam, i, f):
+        parts.append(label)
+    ups = [e.cosine for e in chain.edges if e.level == i - 1 and e.child == f]
+    if ups:
+        parts.append("cos " + ", ".join(f"{c:.3f}" for c in ups))
+    return " · ".join(parts)
+
+
+def _sankey_ranks(chain: Chain) -> dict[tuple[int, int], int]:
+    """Each member's position in its column: descendants ordered by their parent's position
+    (then cosine, descending), ancestors by their child's, so links cross little."""
+    rank = {(chain.dictionary, chain.feature): 0}
+    cols: dict[int, list[int]] = {}
+    for i, f in chain.nodes:
+        cols.setdefault(i, []).append(f)
+    last = max(cols)
+    for i in range(chain.dictionary + 1, last + 1):
+
+        def down_key(f: int, i: int = i) -> tuple[int, float, int]:
+            ins = [(rank[(i - 1, e.parent)], -e.cosine) for e in chain.edges
+                   if e.level == i - 1 and e.child == f and (i - 1, e.parent) in rank]  # fmt: skip
+            r, c = min(ins, default=(len(rank), 0.0))
+            return r, c, f
+
+        for r, f in enumerate(sorted(cols.get(i, []), key=down_key)):
+            rank[(i, f)] = r
+    for i in range(chain.dictionary - 1, -1, -1):
+
+        def up_key(f: int, i: int = i) -> tuple[int, int]:
+            outs = [rank[(i + 1, e.child)] for e in chain.edges
+                    if e.level == i and e.parent == f and (i + 1, e.child) in rank]  # fmt: skip
+            return min(outs, default=len(rank)), f
+
+        for r, f in enumerate(sorted(cols.get(i, []), key=up_key)):
+            rank[(i, f)] = r
+    return rank
+
+
+# --- Geometry ---------------------------------------------------------------------------------
+def value_histogram(
+    values: np.ndarray,
+    x_title: str,
+    marks: Sequence[tuple[str, float]] = (),
+    colour_: str = PALETTE[0],
+    x_range: tuple[float, float] | None = None,
+    nbins: int = 60,
+) -> go.Figure:
+    """A histogram of one value per feature (counts of features), with labelled vertical lines
+    at `marks` [(text, x)] (a bound, a mean); NaN values are left out."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    fig = go.Figure(go.Histogram(x=v, nbinsx=nbins, marker_color=colour_, opacity=0.8,
+                                 name=x_title, hovertemplate="%{x}: %{y} features<extra></extra>"))  # fmt: skip
+    for k, (text, at) in enumerate(marks):
+        fig.add_vline(x=at, line_dash="dash", line_color=colour(k + 1),
+                      annotation_text=text, annotation_position="top right" if k % 2 == 0
+                      else "top left")  # fmt: skip
+    fig.update_layout(height=340, xaxis_title=x_title, yaxis_title="features",
+                      margin={"t": 40}, showlegend=False, bargap=0.02)  # fmt: skip
+    if x_range is not None:
+        fig.update_xaxes(range=list(x_range))
+    return fig
+
+
+def singular_value_spectrum(
+    singular_values: np.ndarray, effective_rank: float, tight_level: float
+) -> go.Figure:
+    """Singular values of the unit decoder, descending, on a log axis; a dashed line where every
+    one of them would lie for a tight frame (sqrt(N / d)) and one at the effective rank."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    fig = go.Figure(go.Scatter(x=np.arange(1, len(s) + 1), y=s, mode="lines",
+                               line={"color": PALETTE[0]}, name="singular values",
+                               hovertemplate="#%{x}: %{y:.3g}<extra></extra>"))  # fmt: skip
+    fig.add_hline(y=tight_level, line_dash="dot", line_color=NULL_COLOUR)
+    # the line's own annotation lands off the line on a log axis: place it in log10 units
+    fig.add_annotation(x=1, xref="paper", xanchor="right", y=float(np.log10(tight_level)),
+                       yanchor="bottom", showarrow=False,
+                       text=f"tight frame: all √(N/d) = {tight_level:.3g}")  # fmt: skip
+    fig.add_vline(x=effective_rank, line_dash="dash", line_color=PALETTE[1],
+                  annotation_text=f"effective rank {effective_rank:.1f}",
+                  annotation_position="top left")  # fmt: skip
+    fig.update_layout(height=340, xaxis_title="index (descending)", yaxis_title="singular value",
+                      margin={"t": 40}, showlegend=False)  # fmt: skip
+    fig.update_yaxes(type="log", dtick=1, minor={"ticks": "outside"})
+    return fig
+
+
+def absorption_scatter(
+    signature: np.ndarray, dec_dec: np.ndarray, feature: np.ndarray, partner: np.ndarray
+) -> go.Figure:
+    """One point per feature p: x its signature cos(encoder p, decoder c) with its most negative
+    partner c, y cos(decoder p, decoder c); all [m], aligned. Hover names both features."""
+    fig = go.Figure(
+        go.Scattergl(x=signature, y=dec_dec, mode="markers",
+                     marker={"size": 4, "opacity": 0.6, "color": PALETTE[0]},
+                     customdata=np.stack([feature, partner], 1),
+                     hovertemplate="feature %{customdata[0]}, partner %{customdata[1]}<br>"
+                                   "enc·dec %{x:.3f}, dec·dec %{y:.3f}<extra></extra>")
+    )  # fmt: skip
+    fig.update_layout(height=340, xaxis_title="cos(encoder p, decoder c)",
+                      yaxis_title="cos(decoder p, decoder c)", margin={"t": 40},
+                      showlegend=False)  # fmt: skip
+    return fig

@@ -9,6 +9,8 @@ results on disk, so an evicted result costs one read. Wrappers keep the backend'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import streamlit as st
 
@@ -17,7 +19,14 @@ from dashboard.session import Entry, entries
 from dashboard.text import Contexts
 from sae_backend import Dictionary, SAEError, compare, match, settings
 from sae_backend.demo import demo_contexts
+from sae_backend.geometry import absorption as _absorption
+from sae_backend.geometry import families as _families
+from sae_backend.geometry import frame as _frame
+from sae_backend.geometry import rotation as _rotation
+from sae_backend.geometry.absorption import Absorption
 from sae_backend.geometry.compare import Comparison
+from sae_backend.geometry.families import Families, FamilyMode
+from sae_backend.geometry.frame import Frame
 from sae_backend.geometry.matching import Matching
 from sae_backend.geometry.stats import BootstrapCI, bootstrap_mean_difference, random_null
 from sae_backend.memory import MemoryLRU
@@ -98,3 +107,36 @@ def bootstrap_ci(
     """bootstrap_mean_difference(x, y) (2,000 resamples, seeded: seconds at 46,080 features),
     held in memory; x_key / y_key name the arrays, e.g. (a_fp, b_fp, directions)."""
     return _bootstrap((x_key, y_key), x, y)
+
+
+# --- Families, absorption, frame geometry, rotation null (issue 11) ----------------------------
+# Each is one backend call, cached on disk there and held here; the pages call only these, so
+# they can move onto background jobs (`sae_backend.jobs`) without touching the pages' logic.
+def families(ladder: Sequence[Dictionary], tau: float, mode: FamilyMode) -> Families:
+    """Families across `ladder` (narrowest first). Tree mode reads the cached top-1 passes of
+    `compare(wider, narrower)`, so a new tau costs no pass; dag mode one pass per tau."""
+    key = ("families", tuple(d.fingerprint for d in ladder), float(tau), mode)
+    return shared_memory().get_or_compute(
+        key, lambda: _families.families(ladder, tau=tau, mode=mode)
+    )
+
+
+def absorption(d: Dictionary, k: int = 1) -> Absorption:
+    """Each alive feature's k most negative cos(encoder, other decoder) partners (one top-k
+    pass of encoders against decoders)."""
+    key = ("absorption", d.fingerprint, int(k))
+    return shared_memory().get_or_compute(key, lambda: _absorption.absorption(d, k=k))
+
+
+def frame_geometry(d: Dictionary) -> Frame:
+    """Frame quantities of d's alive unit decoder rows (a d x d Gram, two top-k passes)."""
+    return shared_memory().get_or_compute(("frame", d.fingerprint), lambda: _frame.frame(d))
+
+
+def rotation_null(a: Dictionary, b: Dictionary, directions: Directions = "decoder") -> np.ndarray:
+    """[alive of a] max cosine of a against b rotated by a Haar-random orthogonal matrix
+    (seed 0): one top-k pass, as costly as `comparison(a, b)`."""
+    key = ("rotation_null", a.fingerprint, b.fingerprint, directions)
+    return shared_memory().get_or_compute(
+        key, lambda: _rotation.rotation_null(a, b, directions=directions)
+    )

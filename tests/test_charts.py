@@ -11,14 +11,24 @@ import pytest
 
 from dashboard.charts import (
     COSINE_BINS,
+    LABEL_COLOURS,
     NULL_COLOUR,
     PALETTE,
+    ROTATION_COLOUR,
+    WIDEST_COLOUR,
     HistogramSeries,
+    absorption_scatter,
+    family_sankey,
+    label_counts_bar,
     mmcs_heatmap,
     similarity_histogram,
+    singular_value_spectrum,
     umap_scatter,
+    value_histogram,
 )
+from sae_backend.geometry.families import families
 from sae_backend.projection import Embedding
+from tests.ladders import planted_ladder
 
 RNG = np.random.default_rng(0)
 
@@ -138,3 +148,118 @@ def test_umap_by_value_one_trace_coloured_by_the_values(emb):
     labels = [row[0] for row in t.customdata]
     assert labels == ["p"] * 5 + ["q"] * 3 + ["r"] * 4
     assert [int(row[1]) for row in t.customdata] == emb.feature.tolist()
+
+
+def test_the_rotation_null_is_its_own_dark_dotted_histogram_where_given():
+    with_rot = series("a → b", 30, False)
+    rot = RNG.uniform(0, 0.6, 30)
+    s = [HistogramSeries(with_rot.label, with_rot.max_cos, with_rot.null, None, rot),
+         series("within a", 20, False)]  # fmt: skip
+    fig = similarity_histogram(s, "overlaid", show_null=True)
+    assert [t.name for t in fig.data] == [
+        "a → b (max cos)", "null for a → b", "rotation null for a → b",
+        "within a (max cos)", "null for within a",
+    ]  # fmt: skip
+    t = fig.data[2]
+    np.testing.assert_array_equal(t.x, rot)
+    assert t.marker.color == ROTATION_COLOUR != NULL_COLOUR and t.marker.pattern.shape == "."
+    assert (t.xbins.start, t.xbins.end, t.xbins.size) == (-0.05, 1.0, 0.01)
+    assert t.histnorm == "probability density"
+    # the rotation null is drawn even with the isotropic one hidden
+    fig = similarity_histogram(s, "faceted", show_null=False)
+    assert [t.name for t in fig.data] == ["a → b (max cos)", "rotation null for a → b",
+                                          "within a (max cos)"]  # fmt: skip
+    assert fig.data[1].xaxis == "x"
+
+
+@pytest.fixture(scope="module")
+def planted_families():
+    return families(planted_ladder().dictionaries(), tau=0.5, cache=False)
+
+
+def test_label_counts_bar_has_one_trace_per_label_in_its_colour(planted_families):
+    counts = planted_families.counts()
+    fig = label_counts_bar(counts, ["n → m", "m → w"])
+    assert [t.name for t in fig.data] == ["vanished", "stable", "split", "novel"]
+    assert [t.marker.color for t in fig.data] == list(LABEL_COLOURS.values())
+    for t in fig.data:
+        assert list(t.x) == ["n → m", "m → w"]
+        assert list(t.y) == [getattr(c, t.name) for c in counts]
+        base = [c.n_wide if t.name == "novel" else c.n_narrow for c in counts]
+        assert list(t.customdata) == pytest.approx([y / b for y, b in zip(t.y, base, strict=True)])
+    # planted: level 0 has 1 vanished, 2 stable, 1 split of 4; 3 novel of 7
+    assert [t.y[0] for t in fig.data] == [1, 2, 1, 3]
+    assert fig.layout.barmode == "group" and fig.layout.yaxis.title.text == "features"
+
+
+def test_family_sankey_draws_the_chain_with_cosines_and_labels(planted_families):
+    fam = planted_families
+    chain = fam.chain(1, 1)  # B1: parent A1, children C1, C2
+    (t,) = family_sankey(fam, chain, ["n", "m", "w"]).data
+    column = {"n": 0, "m": 1, "w": 2}
+    heads = [lab.split(" · ")[0].split(" #") for lab in t.node.label]  # 'm #1 · split · ...'
+    nodes = [(column[name], int(f)) for name, f in heads]
+    assert sorted(nodes) == sorted(chain.nodes) == [(0, 1), (1, 1), (2, 1), (2, 2)]
+    assert [n[0] for n in nodes] == sorted(n[0] for n in nodes)  # listed column by column
+    where = {n: i for i, n in enumerate(nodes)}
+    links = {(nodes[s][0], nodes[s][1], nodes[d][1]): v
+             for s, d, v in zip(t.link.source, t.link.target, t.link.value, strict=True)}  # fmt: skip
+    assert links == {(e.level, e.parent, e.child): e.cosine for e in chain.edges}
+    assert list(t.link.customdata) == list(t.link.value)
+    # labels on the nodes: A1 split, B1 split (with its cosine to A1), C1/C2 the widest
+    c01 = next(e.cosine for e in chain.edges if e.level == 0)
+    assert t.node.label[where[(0, 1)]] == "n #1 · split"
+    assert t.node.label[where[(1, 1)]] == f"m #1 · split · cos {c01:.3f}"
+    assert t.node.label[where[(2, 1)]].startswith("w #1 · cos ")
+    assert t.node.color[where[(0, 1)]] == LABEL_COLOURS["split"]
+    assert t.node.color[where[(2, 2)]] == WIDEST_COLOUR
+    # the chosen feature is outlined; columns sit left to right
+    assert [w for w in t.node.line.width] == [3 if n == (1, 1) else 0.5 for n in nodes]
+    assert [t.node.x[where[n]] for n in [(0, 1), (1, 1), (2, 1)]] == [0.001, 0.5, 0.999]
+    assert all(0 < y < 1 for y in t.node.y)
+
+
+def test_family_sankey_keeps_a_vanished_ancestor_line_short(planted_families):
+    fam = planted_families
+    chain = fam.chain(2, 3)  # C3 <- B2 <- A1: up only
+    (t,) = family_sankey(fam, chain, ["n", "m", "w"]).data
+    assert len(t.node.label) == 3 and len(t.link.source) == 2
+    assert t.node.label[0] == "n #1 · split" and t.node.label[1].startswith("m #2 · stable")
+
+
+def test_value_histogram_drops_nan_and_marks_its_lines():
+    v = RNG.uniform(0, 1, 50)
+    v[[3, 9]] = np.nan
+    fig = value_histogram(v, "capacity", [("bound 0.2", 0.2), ("mean", 0.5)], x_range=(0, 1))
+    (t,) = fig.data
+    np.testing.assert_array_equal(t.x, v[~np.isnan(v)])
+    lines = [sh for sh in fig.layout.shapes if sh.type == "line"]
+    assert [sh.x0 for sh in lines] == [0.2, 0.5]
+    assert [a.text for a in fig.layout.annotations] == ["bound 0.2", "mean"]
+    assert fig.layout.xaxis.title.text == "capacity" and tuple(fig.layout.xaxis.range) == (0, 1)
+
+
+def test_singular_value_spectrum_is_log_scaled_with_its_reference_lines():
+    sv = np.sort(RNG.uniform(0.1, 10, 30))[::-1]
+    fig = singular_value_spectrum(sv, effective_rank=21.5, tight_level=1.7)
+    (t,) = fig.data
+    np.testing.assert_array_equal(t.y, sv)
+    np.testing.assert_array_equal(t.x, np.arange(1, 31))
+    assert fig.layout.yaxis.type == "log"
+    lines = [sh for sh in fig.layout.shapes if sh.type == "line"]
+    assert sorted((sh.x0, sh.y0) for sh in lines)[0][1] == 1.7  # the tight-frame level
+    assert any(sh.x0 == 21.5 for sh in lines)  # the effective rank
+    tight = next(a for a in fig.layout.annotations if a.text.startswith("tight frame"))
+    assert tight.y == pytest.approx(np.log10(1.7))  # a log axis places annotations in log10
+    assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "singular value"
+
+
+def test_absorption_scatter_one_point_per_feature():
+    sig, dd = RNG.uniform(-1, 0, 20), RNG.uniform(-1, 1, 20)
+    feature, partner = np.arange(20), RNG.integers(0, 20, 20)
+    (t,) = absorption_scatter(sig, dd, feature, partner).data
+    np.testing.assert_array_equal(t.x, sig)
+    np.testing.assert_array_equal(t.y, dd)
+    assert [list(map(int, row)) for row in t.customdata] == [
+        [f, p] for f, p in zip(feature, partner, strict=True)
+    ]
