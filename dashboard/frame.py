@@ -24,6 +24,7 @@ PAGES: tuple[tuple[str, str], ...] = (
     ("pages/1_Similarity.py", "Similarity"),
     ("pages/2_Neighbours.py", "Neighbours"),
     ("pages/3_UMAP.py", "UMAP"),
+    ("pages/5_Families.py", "Families"),
     ("pages/4_Status.py", "Status"),
 )
 
