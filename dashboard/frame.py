@@ -25,6 +25,7 @@ PAGES: tuple[tuple[str, str], ...] = (
     ("pages/2_Neighbours.py", "Neighbours"),
     ("pages/3_UMAP.py", "UMAP"),
     ("pages/5_Families.py", "Families"),
+    ("pages/6_Geometry.py", "Geometry"),
     ("pages/4_Status.py", "Status"),
 )
 
