@@ -59,6 +59,12 @@ layout = c3.radio("Histograms", ["overlaid", "faceted"], horizontal=True)
 c1, c2, c3 = st.columns(3)
 show_null = c1.checkbox("Random-direction null", value=True)
 small = all(d.n_features <= 4096 for d in dicts.values())
+show_rotation = c1.checkbox(
+    "Rotation null (A → B)",
+    value=small,
+    help="A against B turned by a random orthogonal matrix (Haar, seed 0): B keeps its own "
+    "geometry and loses only its alignment with A. One more pass per comparison.",
+)
 do_match = c2.checkbox("One-to-one matching (A → B)", value=small)
 thresholds = c3.multiselect("Thresholds", [0.3, 0.5, 0.7, 0.8, 0.9, 0.95], default=[0.5, 0.7, 0.9])
 
@@ -71,6 +77,9 @@ for label in chosen:
             res = store.comparison(a, b, directions)
             null = store.null_max_cos(a.n_alive, None if b is None else b.n_alive, a.d_model)
             m = store.matching(a, b, directions) if (do_match and b is not None) else None
+            rot = (
+                store.rotation_null(a, b, directions) if (show_rotation and b is not None) else None
+            )
     except SAEError as e:
         show_error(e, label)
         continue
@@ -83,6 +92,7 @@ for label in chosen:
         "median": s.median,
         **{f"> {t}": f for t, f in s.above.items()},
         "null mean": float(null.mean()),
+        **({"rotation null mean": float(rot.mean())} if rot is not None else {}),
         "distinct targets": dc.n_targets,
         "targeted fraction": dc.fraction_targeted,
         "max in-degree": dc.max_in_degree,
@@ -91,7 +101,7 @@ for label in chosen:
     if m is not None:
         row.update({"matched mean": m.mean, "matched n": m.n_matched, "match method": m.method})
     key = (a.fingerprint, b and b.fingerprint, directions)  # names res.max_cos for caches
-    results[label] = {"res": res, "null": null, "m": m, "row": row, "key": key}
+    results[label] = {"res": res, "null": null, "m": m, "rot": rot, "row": row, "key": key}
 
 if not results:
     st.stop()
@@ -100,7 +110,7 @@ if not results:
 labels = list(results)
 series = [
     charts.HistogramSeries(
-        label, r["res"].max_cos, r["null"], None if r["m"] is None else r["m"].cosine
+        label, r["res"].max_cos, r["null"], None if r["m"] is None else r["m"].cosine, r["rot"]
     )
     for label, r in results.items()
 ]
@@ -109,7 +119,9 @@ st.plotly_chart(fig, key="hist")
 st.caption(
     "Dashed lines: means (MMCS). Grey: the same comparison between random unit directions "
     "with the same counts and dimension. Hatched: cosines of the optimal one-to-one matching, "
-    "where no feature of B is claimed twice."
+    "where no feature of B is claimed twice. Dark grey, dotted: the rotation null, A against B "
+    "turned by a random orthogonal matrix (B's own geometry, no alignment with A); none for "
+    "'within A', whose cosines a rotation leaves unchanged."
 )
 
 table = pd.DataFrame([r["row"] for r in results.values()])
