@@ -10,8 +10,13 @@ it; every number comes from `sae_backend`. One module per concern:
     uploads  uploaded files on disk: size limit, content-named folders, day-old cleanup
     store    the one shared in-memory store: dictionaries and results for every session
     text     pure text: the demo note, context windows, size limits
-    charts   pure plotly figures: similarity histogram, MMCS heatmap, UMAP scatter
+    charts   pure plotly figures: similarity histogram, MMCS heatmap, UMAP scatter, families,
+             frame and absorption figures
+    ladder   pure: the Families page's default ladder and its URL state
+    tables   pure: the Families and Geometry pages' tables, copied from backend results
+    links    same-tab links between Neighbours, Families and Geometry; the session's ladder
 
 Imports go one way, without cycles: text and feedback at the bottom, session on them, store
-and uploads above, frame on top; only pages import the frame.
+and uploads above, frame on top; only pages import the frame. ladder and tables import only
+the backend; links imports session and ladder.
 """

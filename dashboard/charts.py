@@ -230,7 +230,7 @@ def family_sankey(fam: Families, chain: Chain, names: Sequence[str]) -> go.Figur
     colours = [LABEL_COLOURS.get(node_label(fam, i, f), WIDEST_COLOUR) for i, f in nodes]
     fig = go.Figure(
         go.Sankey(
-            arrangement="fixed",
+            arrangement="snap",  # our places, moved apart by plotly where tall nodes overlap
             node={
                 "label": [_member_text(fam, chain, names, n) for n in nodes],
                 "x": x, "y": y, "color": colours, "pad": 18, "thickness": 18,
@@ -257,13 +257,16 @@ def family_sankey(fam: Families, chain: Chain, names: Sequence[str]) -> go.Figur
 
 def _member_text(fam: Families, chain: Chain, names: Sequence[str], node: tuple[int, int]) -> str:
     """A sankey node's text: 'x4-s0 #535 · stable · cos 0.839' (label, cosine to each parent
-    in the chain); the cosines stand on the nodes, as plotly draws no text on links."""
+    in the chain; with more than two parents their number and range); the cosines stand on
+    the nodes, as plotly draws no text on links."""
     i, f = node
     parts = [f"{names[i]} #{f}"]
     if label := node_label(fam, i, f):
         parts.append(label)
     ups = [e.cosine for e in chain.edges if e.level == i - 1 and e.child == f]
-    if ups:
+    if len(ups) > 2:  # a DAG's many parents: their range, not a long list
+        parts.append(f"{len(ups)} parents, cos {min(ups):.3f}–{max(ups):.3f}")
+    elif ups:
         parts.append("cos " + ", ".join(f"{c:.3f}" for c in ups))
     return " · ".join(parts)
 
@@ -343,7 +346,10 @@ def singular_value_spectrum(
                   annotation_position="top left")  # fmt: skip
     fig.update_layout(height=340, xaxis_title="index (descending)", yaxis_title="singular value",
                       margin={"t": 40}, showlegend=False)  # fmt: skip
-    fig.update_yaxes(type="log", dtick=1, minor={"ticks": "outside"})
+    fig.update_yaxes(type="log", minor={"ticks": "outside"})
+    positive = s[s > 0]
+    if len(positive) and positive.max() / positive.min() >= 100:  # label decades only; a narrower
+        fig.update_yaxes(dtick=1)  # range keeps plotly's ticks, or it would have no label at all
     return fig
 
 

@@ -18,7 +18,7 @@ from dashboard.tables import absorption_table, frame_row
 from sae_backend import SAEError
 
 MAX_K = 10  # partners per feature the page offers
-FRAME_AUTO_LIMIT = 8192  # the summary of every loaded dictionary computes unasked up to this
+FRAME_AUTO_LIMIT = 4096  # the summary of every loaded dictionary computes unasked up to this
 
 frame.page("Geometry")
 st.title("Geometry of a dictionary")
@@ -128,6 +128,8 @@ with c2:
                                [(f"median {median:.3g}", median)]),
         key="norms",
     )  # fmt: skip
+    norms = fr.decoder_norms
+    st.caption(f"min {norms.min():.4g}, median {median:.4g}, max {norms.max():.4g}")
 
 # --- Absorption signatures ------------------------------------------------------------------
 st.subheader(f"Absorption signatures of {name}")

@@ -252,3 +252,26 @@ def test_similarity_rotation_null_equals_the_backend(toy):
     at.checkbox[1].uncheck().run()  # the rotation null off: no column
     ok(at)
     assert "rotation null mean" not in at.dataframe[0].value.columns
+
+
+# --- The real demo: the manifest's ladder -------------------------------------------------
+def test_families_on_the_real_demo_opens_on_the_manifest_ladder(monkeypatch):
+    from dashboard import links
+    from sae_backend.demo import demo_manifest
+
+    monkeypatch.delenv("SAE_DEMO", raising=False)
+    saes = demo_manifest()["saes"]
+    # a manifest `ladder` (scripts/build_demo.py writes one): the page opens on it
+    monkeypatch.setattr(links, "manifest_ladder", lambda: ["x2-s1", "x4-s0"])
+    at = app(FAMILIES)
+    ok(at)
+    assert query(at)["ladder"] == "x2-s1,x4-s0"
+    assert list(counts_rows(at).index) == ["x2-s1 → x4-s0"] and not at.warning
+    # without one: the first demo SAE of each width, narrowest first
+    monkeypatch.setattr(links, "manifest_ladder", lambda: [])
+    at = app(FAMILIES)
+    ok(at)
+    first = {}
+    for name, entry in saes.items():
+        first.setdefault(entry["spec"]["ratio"], name)
+    assert query(at)["ladder"] == ",".join(first[r] for r in sorted(first))

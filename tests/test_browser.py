@@ -2,7 +2,8 @@
 
 The test starts `streamlit run app.py` itself on a free loopback port (with a private
 SAE_CACHE_DIR), opens every page, checks that no exception element is shown, follows a
-Neighbours deep link, clicks a neighbour, clicks a UMAP point (placed through plotly's own axis
+Neighbours deep link, clicks a neighbour, follows a Families deep link, clicks a family member,
+goes to its Neighbours page and back, clicks a UMAP point (placed through plotly's own axis
 transforms) and box / lasso selects a region, and saves screenshots under artifacts/ (look at
 them). No browser is ever downloaded: Playwright launches /usr/bin/chromium.
 """
@@ -27,7 +28,7 @@ from tests.browser_support import (
 pytestmark = pytest.mark.browser
 
 PAGES = {"home": "/", "similarity": "/Similarity", "neighbours": "/Neighbours", "umap": "/UMAP",
-         "status": "/Status"}  # fmt: skip
+         "families": "/Families", "geometry": "/Geometry", "status": "/Status"}  # fmt: skip
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not CHROMIUM.exists():
@@ -65,7 +66,7 @@ def page(browser):
 def test_page_opens_without_exception(server, page, name):
     page.goto(server + PAGES[name])
     wait_rendered(page)
-    if name in ("similarity", "umap"):
+    if name in ("similarity", "umap", "families", "geometry"):
         page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
         wait_rendered(page)
     assert_no_exception(page)
@@ -76,6 +77,8 @@ def test_page_opens_without_exception(server, page, name):
         "similarity": "Similarity",
         "neighbours": "Neighbours",
         "umap": "UMAP",
+        "families": "Families across widths",
+        "geometry": "Geometry of a dictionary",
         "status": "Server status",
     }
     assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == titles[name]
@@ -86,7 +89,7 @@ def test_sidebar_links_name_the_home_page_and_open_the_pages(server, page):
     wait_rendered(page)
     links = page.locator('[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')
     assert [t.strip() for t in links.all_inner_texts()] == [
-        "Dictionaries", "Similarity", "Neighbours", "UMAP", "Status"
+        "Dictionaries", "Similarity", "Neighbours", "UMAP", "Families", "Geometry", "Status"
     ]  # fmt: skip
     assert page.locator('[data-testid="stSidebarNav"]').count() == 0  # Streamlit's own list
     links.nth(1).click()
@@ -248,3 +251,69 @@ def test_similarity_heatmap_click_adds_its_comparison(server, page):
     wait_rendered(page)
     assert_no_exception(page)
     shot(page, "similarity_after_heatmap_click")
+
+
+def families_heading(page) -> str:
+    return page.get_by_role("heading", name=re.compile(r"^Family of ")).inner_text().strip()
+
+
+def test_families_deep_link_a_member_then_neighbours_and_back(server, page):
+    """A deep link opens a family; a click on a member's pill focuses it; its link opens it on
+    Neighbours (same tab), whose 'Families of this feature' comes back to the same family."""
+    page.goto(f"{server}/Families?ladder=toy-a,toy-b&dict=toy-a&feature=158&tau=0.5&mode=tree")
+    wait_rendered(page)
+    assert_no_exception(page)
+    assert families_heading(page) == "Family of toy-a · feature 158"
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    page.wait_for_selector(".sankey .sankey-node", timeout=30_000)  # the family drawn as a sankey
+    nodes = page.locator(".sankey .sankey-node").count()
+    shot(page, "families_deep_link")
+    # the pills: one per member of the family; the last is a child in toy-b
+    pills = page.locator('[data-testid="stButtonGroup"]').first.locator("button")
+    assert pills.count() == nodes >= 2
+    member = pills.last.inner_text().strip()
+    name, feature = re.fullmatch(r"(toy-b) #(\d+)", member).groups()
+    pills.last.click()
+    page.wait_for_url(re.compile(rf"dict={name}&feature={feature}&tau=0.5&mode=tree$"),
+                      timeout=30_000)  # fmt: skip
+    wait_rendered(page)
+    assert families_heading(page) == f"Family of {name} · feature {feature}"
+    assert_no_exception(page)
+    shot(page, "families_after_member_click")
+    # to Neighbours, in the same tab
+    page.get_by_role("link", name=f"Open {name} feature {feature} on Neighbours").click()
+    page.wait_for_url(re.compile(rf"/Neighbours\?dict={name}&feature={feature}$"), timeout=30_000)
+    wait_rendered(page)
+    assert_no_exception(page)
+    assert page.get_by_role("heading", name=f"{name} · feature {feature}").count() == 1
+    shot(page, "neighbours_from_families")
+    # ... and back: the same ladder, tau and mode
+    page.get_by_role("link", name="Families of this feature (toy-a → toy-b)").click()
+    page.wait_for_url(
+        re.compile(rf"/Families\?ladder=toy-a(,|%2C)toy-b&dict={name}&feature={feature}"
+                   r"&tau=0.5&mode=tree$"),
+        timeout=30_000,
+    )  # fmt: skip
+    wait_rendered(page)
+    assert_no_exception(page)
+    assert families_heading(page) == f"Family of {name} · feature {feature}"
+    shot(page, "families_back_from_neighbours")
+
+
+def test_families_dag_link_and_geometry_link_open_without_errors(server, page):
+    page.goto(f"{server}/Families?ladder=toy-b,toy-a,toy-a-seed2&dict=toy-a&feature=3&tau=0.3"
+              "&mode=dag")  # fmt: skip
+    wait_rendered(page)
+    assert_no_exception(page)
+    assert families_heading(page) == "Family of toy-a · feature 3"
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    shot(page, "families_dag")
+    page.goto(f"{server}/Geometry?dict=toy-b&k=2")
+    wait_rendered(page)
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=60_000)
+    wait_rendered(page)
+    assert_no_exception(page)
+    assert page.get_by_role("heading", name="Frame of toy-b").count() == 1
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 6  # 4 frame, 2 absorption
+    shot(page, "geometry_deep_link")

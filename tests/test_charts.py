@@ -240,12 +240,15 @@ def test_value_histogram_drops_nan_and_marks_its_lines():
 
 
 def test_singular_value_spectrum_is_log_scaled_with_its_reference_lines():
-    sv = np.sort(RNG.uniform(0.1, 10, 30))[::-1]
+    sv = np.sort(RNG.uniform(0.5, 10, 30))[::-1]
     fig = singular_value_spectrum(sv, effective_rank=21.5, tight_level=1.7)
     (t,) = fig.data
     np.testing.assert_array_equal(t.y, sv)
     np.testing.assert_array_equal(t.x, np.arange(1, 31))
     assert fig.layout.yaxis.type == "log"
+    assert fig.layout.yaxis.dtick is None  # two decades at most: plotly's own ticks
+    wide = singular_value_spectrum(np.geomspace(50, 0.01, 30), 10.0, 1.0)
+    assert wide.layout.yaxis.dtick == 1  # many decades: one label per decade
     lines = [sh for sh in fig.layout.shapes if sh.type == "line"]
     assert sorted((sh.x0, sh.y0) for sh in lines)[0][1] == 1.7  # the tight-frame level
     assert any(sh.x0 == 21.5 for sh in lines)  # the effective rank
