@@ -7,6 +7,7 @@ a dictionary or comparison keeps its colour's position from one figure to the ne
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -221,19 +222,19 @@ def family_sankey(fam: Families, chain: Chain, names: Sequence[str]) -> go.Figur
     nodes = sorted(chain.nodes, key=lambda n: (n[0], rank[n]))
     where = {n: i for i, n in enumerate(nodes)}
     columns = max(1, len(names) - 1)
-    per_col: dict[int, int] = {}
-    for i, _ in nodes:
-        per_col[i] = per_col.get(i, 0) + 1
+    per_col = Counter(i for i, _ in nodes)
+    height = min(900, 160 + 48 * max(per_col.values()))
+    margin = {"t": 30, "b": 10, "l": 110, "r": 110}
     x = [min(max(i / columns, 0.001), 0.999) for i, _ in nodes]
-    y = [min(max((rank[n] + 0.5) / per_col[n[0]], 0.001), 0.999) for n in nodes]
+    y = _sankey_heights(nodes, chain, height - margin["t"] - margin["b"])
     focus = (chain.dictionary, chain.feature)
     colours = [LABEL_COLOURS.get(node_label(fam, i, f), WIDEST_COLOUR) for i, f in nodes]
     fig = go.Figure(
         go.Sankey(
-            arrangement="snap",  # our places, moved apart by plotly where tall nodes overlap
+            arrangement="fixed",  # our places (plotly's own would reorder and cross links)
             node={
                 "label": [_member_text(fam, chain, names, n) for n in nodes],
-                "x": x, "y": y, "color": colours, "pad": 18, "thickness": 18,
+                "x": x, "y": y, "color": colours, "pad": SANKEY_PAD, "thickness": 18,
                 "line": {"color": ["black" if n == focus else "white" for n in nodes],
                          "width": [3 if n == focus else 0.5 for n in nodes]},
                 "customdata": [", ".join(fam.labels_of(i, f)) or "—" for i, f in nodes],
@@ -250,9 +251,41 @@ def family_sankey(fam: Families, chain: Chain, names: Sequence[str]) -> go.Figur
             },
         )
     )  # fmt: skip
-    fig.update_layout(height=min(900, 160 + 48 * max(per_col.values())),
-                      margin={"t": 30, "b": 10, "l": 110, "r": 110}, font={"size": 13})  # fmt: skip
+    fig.update_layout(height=height, margin=margin, font={"size": 12})
     return fig
+
+
+SANKEY_PAD = 18  # pixels between two nodes of a column
+
+
+def _sankey_heights(
+    nodes: Sequence[tuple[int, int]], chain: Chain, plot_height: float
+) -> list[float]:
+    """Each node's vertical centre (0 top, 1 bottom) so that a column's nodes, in list order,
+    are stacked SANKEY_PAD pixels apart and centred, at the heights plotly gives them: a node
+    is as tall as its larger flow (sum of cosines in or out) times the one scale of the
+    fullest column (d3-sankey's rule). Without it, fixed places let tall nodes overlap."""
+    flow_in: dict[tuple[int, int], float] = defaultdict(float)
+    flow_out: dict[tuple[int, int], float] = defaultdict(float)
+    for e in chain.edges:
+        flow_out[(e.level, e.parent)] += e.cosine
+        flow_in[(e.level + 1, e.child)] += e.cosine
+    value = {n: max(flow_in[n], flow_out[n]) for n in nodes}
+    cols: dict[int, list[tuple[int, int]]] = {}
+    for n in nodes:
+        cols.setdefault(n[0], []).append(n)
+    scale = min((plot_height - (len(c) - 1) * SANKEY_PAD) / max(sum(value[n] for n in c), 1e-9)
+                for c in cols.values())  # fmt: skip
+    centre: dict[tuple[int, int], float] = {}
+    for c in cols.values():
+        if scale <= 0:  # more nodes than fit: evenly spaced (plotly then overlaps them)
+            centre.update({n: (k + 0.5) / len(c) * plot_height for k, n in enumerate(c)})
+            continue
+        top = (plot_height - sum(value[n] for n in c) * scale - (len(c) - 1) * SANKEY_PAD) / 2
+        for n in c:
+            centre[n] = top + value[n] * scale / 2
+            top += value[n] * scale + SANKEY_PAD
+    return [min(max(centre[n] / plot_height, 0.001), 0.999) for n in nodes]
 
 
 def _member_text(fam: Families, chain: Chain, names: Sequence[str], node: tuple[int, int]) -> str:
@@ -265,7 +298,7 @@ def _member_text(fam: Families, chain: Chain, names: Sequence[str], node: tuple[
         parts.append(label)
     ups = [e.cosine for e in chain.edges if e.level == i - 1 and e.child == f]
     if len(ups) > 2:  # a DAG's many parents: their range, not a long list
-        parts.append(f"{len(ups)} parents, cos {min(ups):.3f}–{max(ups):.3f}")
+        parts.append(f"{len(ups)} parents, cos {min(ups):.2f}–{max(ups):.2f}")
     elif ups:
         parts.append("cos " + ", ".join(f"{c:.3f}" for c in ups))
     return " · ".join(parts)

@@ -11,6 +11,7 @@ them). No browser is ever downloaded: Playwright launches /usr/bin/chromium.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 import pytest
 
@@ -253,6 +254,11 @@ def test_similarity_heatmap_click_adds_its_comparison(server, page):
     shot(page, "similarity_after_heatmap_click")
 
 
+NODE_BOXES_JS = """() => [...document.querySelectorAll('.sankey .node-rect')].map(r => {
+  const b = r.getBoundingClientRect(); return {x: b.left, top: b.top, bottom: b.bottom};
+})"""
+
+
 def families_heading(page) -> str:
     return page.get_by_role("heading", name=re.compile(r"^Family of ")).inner_text().strip()
 
@@ -307,6 +313,16 @@ def test_families_dag_link_and_geometry_link_open_without_errors(server, page):
     assert_no_exception(page)
     assert families_heading(page) == "Family of toy-a · feature 3"
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    # the family's nodes as drawn: many parents, yet no two nodes of a column overlap
+    boxes = page.evaluate(NODE_BOXES_JS)
+    assert len(boxes) > 10
+    columns: dict[int, list[tuple[float, float]]] = {}
+    for b in boxes:
+        columns.setdefault(round(b["x"]), []).append((b["top"], b["bottom"]))
+    assert len(columns) == 3
+    for spans in columns.values():
+        spans.sort()
+        assert all(b[0] >= a[1] for a, b in pairwise(spans)), spans
     shot(page, "families_dag")
     page.goto(f"{server}/Geometry?dict=toy-b&k=2")
     wait_rendered(page)

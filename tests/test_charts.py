@@ -15,6 +15,7 @@ from dashboard.charts import (
     NULL_COLOUR,
     PALETTE,
     ROTATION_COLOUR,
+    SANKEY_PAD,
     WIDEST_COLOUR,
     HistogramSeries,
     absorption_scatter,
@@ -266,3 +267,28 @@ def test_absorption_scatter_one_point_per_feature():
     assert [list(map(int, row)) for row in t.customdata] == [
         [f, p] for f, p in zip(feature, partner, strict=True)
     ]
+
+
+def test_family_sankey_stacks_each_column_without_overlap():
+    """Plotly draws a node as tall as its larger flow times the fullest column's scale
+    (d3-sankey); the fixed centres leave SANKEY_PAD pixels between neighbours."""
+    fam = families(planted_ladder().dictionaries(), tau=0.5, mode="dag", cache=False)
+    chain = fam.chain(0, 1)  # A1 -> B1, B2, B5 (DAG); B1 -> C1, C2; B2 -> C3
+    fig = family_sankey(fam, chain, ["n", "m", "w"])
+    (t,) = fig.data
+    plot_h = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    n = len(t.node.label)
+    flow_in, flow_out = np.zeros(n), np.zeros(n)
+    for s, d, v in zip(t.link.source, t.link.target, t.link.value, strict=True):
+        flow_out[s] += v
+        flow_in[d] += v
+    value = np.maximum(flow_in, flow_out)
+    column = np.asarray(t.node.x)
+    cols = [np.flatnonzero(column == c) for c in np.unique(column)]
+    assert [len(c) for c in cols] == [1, 3, 3]
+    scale = min((plot_h - (len(c) - 1) * SANKEY_PAD) / value[c].sum() for c in cols)
+    for c in cols:
+        centre = np.asarray(t.node.y)[c] * plot_h
+        top, bottom = centre - value[c] * scale / 2, centre + value[c] * scale / 2
+        assert (top >= -1e-6).all() and (bottom <= plot_h + 1e-6).all()
+        np.testing.assert_allclose(top[1:] - bottom[:-1], SANKEY_PAD, atol=1e-6)
