@@ -7,7 +7,7 @@ a dictionary or comparison keeps its colour's position from one figure to the ne
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -209,104 +209,105 @@ def node_label(fam: Families, dictionary: int, feature: int) -> str:
     return labels[-1] if labels else ""
 
 
-def family_sankey(fam: Families, chain: Chain, names: Sequence[str]) -> go.Figure:
-    """One feature's family as a sankey: a column per dictionary of the ladder (narrowest on the
-    left), a node per member coloured by its label (the chosen feature outlined), a link per
-    parent -> child edge as wide as its decoder cosine (shown on hover).
+@dataclass(frozen=True)
+class FamilyTree:
+    """The family figure and, per trace, the (dictionary, feature) of each of its points (None
+    for the traces of links), which turn a click's (curve_number, point_index) into a member."""
 
-    Nodes are listed by column, top to bottom (customdata: their labels); within a column,
-    descendants are placed by their parents' places, ancestors by their children's."""
-    rank = _sankey_ranks(chain)
-    # nodes in column order, top to bottom: plotly stacks a node's links in node order, so
-    # listing them as they are placed keeps each node's links from crossing one another
-    nodes = sorted(chain.nodes, key=lambda n: (n[0], rank[n]))
-    where = {n: i for i, n in enumerate(nodes)}
-    columns = max(1, len(names) - 1)
-    per_col = Counter(i for i, _ in nodes)
-    height = min(900, 160 + 48 * max(per_col.values()))
-    margin = {"t": 30, "b": 10, "l": 110, "r": 110}
-    x = [min(max(i / columns, 0.001), 0.999) for i, _ in nodes]
-    y = _sankey_heights(nodes, chain, height - margin["t"] - margin["b"])
+    figure: go.Figure
+    members: tuple[tuple[tuple[int, int], ...] | None, ...]
+
+    def member(self, curve: int, point: int) -> tuple[int, int] | None:
+        nodes = self.members[curve] if 0 <= curve < len(self.members) else None
+        return nodes[point] if nodes is not None and 0 <= point < len(nodes) else None
+
+
+LINK_TEXT_LIMIT = 40  # links whose cosine is written beside them; more would be clutter
+
+
+def family_tree(fam: Families, chain: Chain, names: Sequence[str]) -> FamilyTree:
+    """One feature's family as a tree across the ladder: a column per dictionary (narrowest on
+    the left, named on the x axis), a square per member coloured by its label (the chosen one
+    outlined in black), a curve per parent -> child edge as thick as its decoder cosine, the
+    cosine written at its middle.
+
+    Within a column members are stacked in order: descendants by their parents' places (then
+    cosine, descending), ancestors by their children's, so the edges of a tree never cross.
+    Plotly's sankey was tried first: it orders a node's links by its own layout, not ours, and
+    crossed them. Points are clickable (the page focuses the clicked member)."""
+    rank = _member_ranks(chain)
+    per_col = Counter(i for i, _ in chain.nodes)
+    place = {n: (float(n[0]), (per_col[n[0]] - 1) / 2 - rank[n]) for n in chain.nodes}
+    fig = go.Figure()
+    members: list[tuple[tuple[int, int], ...] | None] = []
+    t = np.linspace(0.0, 1.0, 24)
+    ease = t * t * (3 - 2 * t)  # smoothstep: leaves and enters each column horizontally
+    for e in chain.edges:  # no hover: a click on a member must not land on an edge's end
+        (x0, y0), (x1, y1) = place[(e.level, e.parent)], place[(e.level + 1, e.child)]
+        fig.add_trace(
+            go.Scatter(x=x0 + (x1 - x0) * t, y=y0 + (y1 - y0) * ease, mode="lines",
+                       line={"width": 1 + 7 * max(e.cosine, 0.0), "color": "rgba(110,110,110,0.45)"},
+                       hoverinfo="skip", showlegend=False)
+        )  # fmt: skip
+        members.append(None)
+    if len(chain.edges) <= LINK_TEXT_LIMIT:  # each edge's cosine on it; hover: the edge
+        # written on the side of the fuller column, where the edges fan out, not where they meet
+        at = [0.72 if per_col[e.level + 1] >= per_col[e.level] else 0.28 for e in chain.edges]
+        ends = [(place[(e.level, e.parent)], place[(e.level + 1, e.child)]) for e in chain.edges]
+        fig.add_trace(
+            go.Scatter(x=[a[0] + (b[0] - a[0]) * u for (a, b), u in zip(ends, at, strict=True)],
+                       y=[a[1] + (b[1] - a[1]) * u * u * (3 - 2 * u)
+                          for (a, b), u in zip(ends, at, strict=True)],
+                       text=[f"{e.cosine:.2f}" for e in chain.edges], mode="text",
+                       textfont={"size": 11, "color": "#444"}, hoverinfo="text",
+                       hovertext=[f"{names[e.level]} #{e.parent} → {names[e.level + 1]} #{e.child}: "
+                                  f"cos {e.cosine:.3f}" for e in chain.edges],
+                       showlegend=False)
+        )  # fmt: skip
+        members.append(None)
     focus = (chain.dictionary, chain.feature)
-    colours = [LABEL_COLOURS.get(node_label(fam, i, f), WIDEST_COLOUR) for i, f in nodes]
-    fig = go.Figure(
-        go.Sankey(
-            arrangement="fixed",  # our places (plotly's own would reorder and cross links)
-            node={
-                "label": [_member_text(fam, chain, names, n) for n in nodes],
-                "x": x, "y": y, "color": colours, "pad": SANKEY_PAD, "thickness": 18,
-                "line": {"color": ["black" if n == focus else "white" for n in nodes],
-                         "width": [3 if n == focus else 0.5 for n in nodes]},
-                "customdata": [", ".join(fam.labels_of(i, f)) or "—" for i, f in nodes],
-                "hovertemplate": "%{label}<br>labels: %{customdata}<extra></extra>",
-            },
-            link={
-                "source": [where[(e.level, e.parent)] for e in chain.edges],
-                "target": [where[(e.level + 1, e.child)] for e in chain.edges],
-                "value": [e.cosine for e in chain.edges],
-                "customdata": [e.cosine for e in chain.edges],
-                "color": "rgba(120, 120, 120, 0.35)",
-                "hovertemplate": "%{source.label} → %{target.label}: cos %{customdata:.3f}"
-                                 "<extra></extra>",
-            },
-        )
-    )  # fmt: skip
-    fig.update_layout(height=height, margin=margin, font={"size": 12})
-    return fig
-
-
-SANKEY_PAD = 18  # pixels between two nodes of a column
-
-
-def _sankey_heights(
-    nodes: Sequence[tuple[int, int]], chain: Chain, plot_height: float
-) -> list[float]:
-    """Each node's vertical centre (0 top, 1 bottom) so that a column's nodes, in list order,
-    are stacked SANKEY_PAD pixels apart and centred, at the heights plotly gives them: a node
-    is as tall as its larger flow (sum of cosines in or out) times the one scale of the
-    fullest column (d3-sankey's rule). Without it, fixed places let tall nodes overlap."""
-    flow_in: dict[tuple[int, int], float] = defaultdict(float)
-    flow_out: dict[tuple[int, int], float] = defaultdict(float)
-    for e in chain.edges:
-        flow_out[(e.level, e.parent)] += e.cosine
-        flow_in[(e.level + 1, e.child)] += e.cosine
-    value = {n: max(flow_in[n], flow_out[n]) for n in nodes}
-    cols: dict[int, list[tuple[int, int]]] = {}
-    for n in nodes:
-        cols.setdefault(n[0], []).append(n)
-    scale = min((plot_height - (len(c) - 1) * SANKEY_PAD) / max(sum(value[n] for n in c), 1e-9)
-                for c in cols.values())  # fmt: skip
-    centre: dict[tuple[int, int], float] = {}
-    for c in cols.values():
-        if scale <= 0:  # more nodes than fit: evenly spaced (plotly then overlaps them)
-            centre.update({n: (k + 0.5) / len(c) * plot_height for k, n in enumerate(c)})
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for n in sorted(chain.nodes, key=lambda n: (n[0], rank[n])):
+        groups.setdefault(node_label(fam, *n), []).append(n)
+    for label in (*LABEL_COLOURS, ""):
+        group = groups.get(label, [])
+        if not group:
             continue
-        top = (plot_height - sum(value[n] for n in c) * scale - (len(c) - 1) * SANKEY_PAD) / 2
-        for n in c:
-            centre[n] = top + value[n] * scale / 2
-            top += value[n] * scale + SANKEY_PAD
-    return [min(max(centre[n] / plot_height, 0.001), 0.999) for n in nodes]
+        fig.add_trace(
+            go.Scatter(
+                x=[place[n][0] for n in group], y=[place[n][1] for n in group],
+                mode="markers+text", name=label or "widest (has a parent)",
+                text=[f"#{f}" for _, f in group], textposition="top center",  # edges leave sideways
+                marker={"symbol": "square", "size": 16,
+                        "color": LABEL_COLOURS.get(label, WIDEST_COLOUR),
+                        "line": {"color": ["black" if n == focus else "white" for n in group],
+                                 "width": [3 if n == focus else 1 for n in group]}},
+                customdata=[[names[i], f, ", ".join(fam.labels_of(i, f)) or "—"]
+                            for i, f in group],
+                hovertemplate="%{customdata[0]} #%{customdata[1]}: %{customdata[2]}"
+                              "<extra></extra>",
+            )
+        )  # fmt: skip
+        members.append(tuple(group))
+    rows = max(per_col.values())
+    fig.update_layout(
+        height=min(1400, 150 + 40 * rows),
+        margin={"t": 30, "b": 10, "l": 20, "r": 20},
+        legend={"orientation": "h", "y": 0, "yanchor": "top", "x": 0},
+        dragmode="zoom",  # a click picks a member (select modes would swallow it)
+        hovermode="closest",
+        plot_bgcolor="white",
+    )
+    fig.update_xaxes(tickvals=list(range(len(names))), ticktext=list(names),
+                     range=[-0.25, len(names) - 0.75], showgrid=False, zeroline=False,
+                     side="top", tickfont={"size": 14})  # fmt: skip
+    fig.update_yaxes(visible=False, range=[-(rows + 1) / 2, (rows + 1) / 2])
+    return FamilyTree(fig, tuple(members))
 
 
-def _member_text(fam: Families, chain: Chain, names: Sequence[str], node: tuple[int, int]) -> str:
-    """A sankey node's text: 'x4-s0 #535 · stable · cos 0.839' (label, cosine to each parent
-    in the chain; with more than two parents their number and range); the cosines stand on
-    the nodes, as plotly draws no text on links."""
-    i, f = node
-    parts = [f"{names[i]} #{f}"]
-    if label := node_label(fam, i, f):
-        parts.append(label)
-    ups = [e.cosine for e in chain.edges if e.level == i - 1 and e.child == f]
-    if len(ups) > 2:  # a DAG's many parents: their range, not a long list
-        parts.append(f"{len(ups)} parents, cos {min(ups):.2f}–{max(ups):.2f}")
-    elif ups:
-        parts.append("cos " + ", ".join(f"{c:.3f}" for c in ups))
-    return " · ".join(parts)
-
-
-def _sankey_ranks(chain: Chain) -> dict[tuple[int, int], int]:
+def _member_ranks(chain: Chain) -> dict[tuple[int, int], int]:
     """Each member's position in its column: descendants ordered by their parent's position
-    (then cosine, descending), ancestors by their child's, so links cross little."""
+    (then cosine, descending), ancestors by their child's, so tree edges never cross."""
     rank = {(chain.dictionary, chain.feature): 0}
     cols: dict[int, list[int]] = {}
     for i, f in chain.nodes:

@@ -142,11 +142,26 @@ else:
     labels = ", ".join(fam.labels_of(focus_i, feature)) or "a child (widest dictionary)"
     st.caption(
         f"{focus_name} #{feature}: {labels}. Its ancestors (parents, their parents, ...) and "
-        "descendants through the ladder; link width and hover: decoder cosine. Node colour: "
-        "vanished (grey), stable (blue), split (orange), novel (green); outlined: this feature."
+        "descendants through the ladder; an edge's number and thickness: decoder cosine. "
+        "Colour: the member's label towards the next wider dictionary; outlined: this feature. "
+        "Click a member to open its family here."
     )
     if chain.edges:
-        st.plotly_chart(charts.family_sankey(fam, chain, state.ladder), key="sankey")
+        tree = charts.family_tree(fam, chain, state.ladder)
+
+        def on_tree_click(key: str) -> None:
+            points = st.session_state[key].selection.points
+            picked = (
+                tree.member(points[0]["curve_number"], points[0]["point_index"]) if points else None
+            )
+            if picked is not None:
+                go(state.focus(state.ladder[picked[0]], picked[1]))
+
+        tree_key = (
+            f"fam_tree_{','.join(state.ladder)}_{focus_name}_{feature}_{state.tau}_{state.mode}"
+        )
+        st.plotly_chart(tree.figure, key=tree_key, on_select=partial(on_tree_click, tree_key),
+                        selection_mode="points")  # fmt: skip
     else:
         st.info(f"No parent and no child at τ = {state.tau:g}: this feature's family is itself.")
     members = chain_table(fam, chain, state.ladder)

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import pytest
 
+from dashboard.charts import family_tree
 from dashboard.tables import absorption_table, chain_table, frame_row
 from sae_backend import load
 from sae_backend.demo import demo_sources, toy_matrices
@@ -22,7 +23,7 @@ from sae_backend.geometry.families import families
 from sae_backend.geometry.frame import frame
 from sae_backend.geometry.rotation import rotation_null
 from tests.factories import unit_rows
-from tests.test_app import app, ok
+from tests.test_app import app, ok, select_points
 
 FAMILIES, GEOMETRY = "pages/5_Families.py", "pages/6_Geometry.py"
 TOY = ("toy-a", "toy-b", "toy-a-seed2")
@@ -90,7 +91,7 @@ def test_families_opens_on_the_toy_ladder_with_the_backend_numbers(toy):
     expected = chain_table(fam, fam.chain(0, f0), TOY)
     assert list(members["feature"]) == list(expected["feature"])
     assert list(members["children"]) == list(expected["children"])
-    assert at.get("plotly_chart")  # counts and the family's sankey
+    assert at.get("plotly_chart")  # counts and the family's tree
 
 
 def test_families_deep_link_with_dag_and_tau_shows_that_family(toy):
@@ -137,6 +138,29 @@ def test_families_controls_and_pills_rewrite_the_url(toy):
     at.multiselect(key="fam_ladder").unselect("toy-b").unselect("toy-a-seed2").run()
     assert not at.exception and not at.error
     assert any("at least two" in i.value for i in at.info)
+
+
+def test_families_click_on_a_member_of_the_tree_focuses_it(toy):
+    dicts, _, _ = toy
+    at = app(FAMILIES, ladder="toy-a,toy-b,toy-a-seed2", dict="toy-b", feature="984")
+    ok(at)
+    fam = families([dicts[n] for n in TOY])
+    chain = fam.chain(1, 984)
+    tree = family_tree(fam, chain, TOY)
+    # the member the browser would report for a click: the first one in the widest column
+    curve, point = next((c, p) for c, m in enumerate(tree.members) for p, n in enumerate(m or ())
+                        if n[0] == 2)  # fmt: skip
+    target = tree.member(curve, point)
+    key = next(e.key for e in at.get("plotly_chart") if e.key.startswith("fam_tree_"))
+    at = select_points(at, key, [(curve, point)])
+    ok(at)
+    assert query(at)["dict"] == "toy-a-seed2" and query(at)["feature"] == str(target[1])
+    assert at.subheader[1].value == f"Family of toy-a-seed2 · feature {target[1]}"
+    # a click on an edge (no member) changes nothing
+    key = next(e.key for e in at.get("plotly_chart") if e.key.startswith("fam_tree_"))
+    at = select_points(at, key, [(0, 3)])
+    ok(at)
+    assert query(at)["feature"] == str(target[1])
 
 
 def test_families_links_to_neighbours_and_neighbours_links_back(toy):

@@ -254,9 +254,22 @@ def test_similarity_heatmap_click_adds_its_comparison(server, page):
     shot(page, "similarity_after_heatmap_click")
 
 
-NODE_BOXES_JS = """() => [...document.querySelectorAll('.sankey .node-rect')].map(r => {
-  const b = r.getBoundingClientRect(); return {x: b.left, top: b.top, bottom: b.bottom};
-})"""
+# The family tree's members on screen (traces drawn as squares with text), through plotly's own
+# axis transforms: [{name, feature, x, y}] per member, customdata = [dictionary, feature, labels].
+MEMBERS_JS = """() => {
+  const gd = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')]
+    .find(g => g._fullData.some(t => t.mode === 'markers+text'));
+  const box = gd.getBoundingClientRect();
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const out = [];
+  gd._fullData.filter(t => t.mode === 'markers+text').forEach(t => {
+    Array.from(t.x).forEach((x, i) => out.push({
+      name: t.customdata[i][0], feature: Number(t.customdata[i][1]),
+      x: box.left + xa._offset + xa.d2p(x), y: box.top + ya._offset + ya.d2p(t.y[i]),
+    }));
+  });
+  return out;
+}"""
 
 
 def families_heading(page) -> str:
@@ -264,22 +277,26 @@ def families_heading(page) -> str:
 
 
 def test_families_deep_link_a_member_then_neighbours_and_back(server, page):
-    """A deep link opens a family; a click on a member's pill focuses it; its link opens it on
-    Neighbours (same tab), whose 'Families of this feature' comes back to the same family."""
+    """A deep link opens a family; a click on a member in the tree focuses it; its link opens it
+    on Neighbours (same tab), whose 'Families of this feature' comes back to the same family."""
     page.goto(f"{server}/Families?ladder=toy-a,toy-b&dict=toy-a&feature=158&tau=0.5&mode=tree")
     wait_rendered(page)
     assert_no_exception(page)
     assert families_heading(page) == "Family of toy-a · feature 158"
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-    page.wait_for_selector(".sankey .sankey-node", timeout=30_000)  # the family drawn as a sankey
-    nodes = page.locator(".sankey .sankey-node").count()
-    shot(page, "families_deep_link")
-    # the pills: one per member of the family; the last is a child in toy-b
+    members = page.evaluate(MEMBERS_JS)
+    # planted: toy-a 158 splits into toy-b 984 (cos .967) and 32 (.501), as on the AppTest
+    assert {(m["name"], m["feature"]) for m in members} == {
+        ("toy-a", 158), ("toy-b", 984), ("toy-b", 32)
+    }  # fmt: skip
     pills = page.locator('[data-testid="stButtonGroup"]').first.locator("button")
-    assert pills.count() == nodes >= 2
-    member = pills.last.inner_text().strip()
-    name, feature = re.fullmatch(r"(toy-b) #(\d+)", member).groups()
-    pills.last.click()
+    assert pills.count() == len(members)
+    shot(page, "families_deep_link")
+    # a click on a member of the tree: the one of toy-b drawn lowest
+    target = max((m for m in members if m["name"] == "toy-b"), key=lambda m: m["y"])
+    name, feature = target["name"], target["feature"]
+    page.mouse.move(target["x"], target["y"])
+    page.mouse.click(target["x"], target["y"])
     page.wait_for_url(re.compile(rf"dict={name}&feature={feature}&tau=0.5&mode=tree$"),
                       timeout=30_000)  # fmt: skip
     wait_rendered(page)
@@ -313,16 +330,17 @@ def test_families_dag_link_and_geometry_link_open_without_errors(server, page):
     assert_no_exception(page)
     assert families_heading(page) == "Family of toy-a · feature 3"
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-    # the family's nodes as drawn: many parents, yet no two nodes of a column overlap
-    boxes = page.evaluate(NODE_BOXES_JS)
-    assert len(boxes) > 10
-    columns: dict[int, list[tuple[float, float]]] = {}
-    for b in boxes:
-        columns.setdefault(round(b["x"]), []).append((b["top"], b["bottom"]))
+    # the family as drawn: every member once, each column's members apart from one another
+    members = page.evaluate(MEMBERS_JS)
+    assert len(members) > 10
+    assert len({(m["name"], m["feature"]) for m in members}) == len(members)
+    columns: dict[int, list[float]] = {}
+    for m in members:
+        columns.setdefault(round(m["x"]), []).append(m["y"])
     assert len(columns) == 3
-    for spans in columns.values():
-        spans.sort()
-        assert all(b[0] >= a[1] for a, b in pairwise(spans)), spans
+    for ys in columns.values():
+        ys.sort()
+        assert all(b - a >= 16 for a, b in pairwise(ys)), ys  # squares of 16 px never overlap
     shot(page, "families_dag")
     page.goto(f"{server}/Geometry?dict=toy-b&k=2")
     wait_rendered(page)

@@ -15,11 +15,10 @@ from dashboard.charts import (
     NULL_COLOUR,
     PALETTE,
     ROTATION_COLOUR,
-    SANKEY_PAD,
     WIDEST_COLOUR,
     HistogramSeries,
     absorption_scatter,
-    family_sankey,
+    family_tree,
     label_counts_bar,
     mmcs_heatmap,
     similarity_histogram,
@@ -193,39 +192,79 @@ def test_label_counts_bar_has_one_trace_per_label_in_its_colour(planted_families
     assert fig.layout.barmode == "group" and fig.layout.yaxis.title.text == "features"
 
 
-def test_family_sankey_draws_the_chain_with_cosines_and_labels(planted_families):
+def tree_parts(tree):
+    """(edge traces, cosine text trace or None, {member: (x, y, trace, point)})."""
+    edges = [t for t, m in zip(tree.figure.data, tree.members, strict=True)
+             if m is None and t.mode == "lines"]  # fmt: skip
+    texts = [t for t in tree.figure.data if t.mode == "text"]
+    places = {}
+    for c, (t, m) in enumerate(zip(tree.figure.data, tree.members, strict=True)):
+        for p, node in enumerate(m or ()):
+            places[node] = (t.x[p], t.y[p], c, p)
+    return edges, (texts[0] if texts else None), places
+
+
+def test_family_tree_draws_the_chain_with_cosines_and_labels(planted_families):
     fam = planted_families
     chain = fam.chain(1, 1)  # B1: parent A1, children C1, C2
-    (t,) = family_sankey(fam, chain, ["n", "m", "w"]).data
-    column = {"n": 0, "m": 1, "w": 2}
-    heads = [lab.split(" · ")[0].split(" #") for lab in t.node.label]  # 'm #1 · split · ...'
-    nodes = [(column[name], int(f)) for name, f in heads]
-    assert sorted(nodes) == sorted(chain.nodes) == [(0, 1), (1, 1), (2, 1), (2, 2)]
-    assert [n[0] for n in nodes] == sorted(n[0] for n in nodes)  # listed column by column
-    where = {n: i for i, n in enumerate(nodes)}
-    links = {(nodes[s][0], nodes[s][1], nodes[d][1]): v
-             for s, d, v in zip(t.link.source, t.link.target, t.link.value, strict=True)}  # fmt: skip
-    assert links == {(e.level, e.parent, e.child): e.cosine for e in chain.edges}
-    assert list(t.link.customdata) == list(t.link.value)
-    # labels on the nodes: A1 split, B1 split (with its cosine to A1), C1/C2 the widest
-    c01 = next(e.cosine for e in chain.edges if e.level == 0)
-    assert t.node.label[where[(0, 1)]] == "n #1 · split"
-    assert t.node.label[where[(1, 1)]] == f"m #1 · split · cos {c01:.3f}"
-    assert t.node.label[where[(2, 1)]].startswith("w #1 · cos ")
-    assert t.node.color[where[(0, 1)]] == LABEL_COLOURS["split"]
-    assert t.node.color[where[(2, 2)]] == WIDEST_COLOUR
-    # the chosen feature is outlined; columns sit left to right
-    assert [w for w in t.node.line.width] == [3 if n == (1, 1) else 0.5 for n in nodes]
-    assert [t.node.x[where[n]] for n in [(0, 1), (1, 1), (2, 1)]] == [0.001, 0.5, 0.999]
-    assert all(0 < y < 1 for y in t.node.y)
+    tree = family_tree(fam, chain, ["n", "m", "w"])
+    edges, text, places = tree_parts(tree)
+    assert sorted(places) == sorted(chain.nodes) == [(0, 1), (1, 1), (2, 1), (2, 2)]
+    for (i, _), (x, *_rest) in places.items():
+        assert x == i  # a column per dictionary
+    assert list(tree.figure.layout.xaxis.ticktext) == ["n", "m", "w"]
+    # an edge per parent -> child, from the parent's square to the child's, thick as its cosine
+    assert len(edges) == len(chain.edges)
+    for e, t in zip(chain.edges, edges, strict=True):
+        a, b = places[(e.level, e.parent)], places[(e.level + 1, e.child)]
+        assert (t.x[0], t.y[0], t.x[-1], t.y[-1]) == pytest.approx((a[0], a[1], b[0], b[1]))
+        assert t.line.width == pytest.approx(1 + 7 * e.cosine)
+        assert t.hoverinfo == "skip"  # a click at a member's square must pick the member
+    assert list(text.text) == [f"{e.cosine:.2f}" for e in chain.edges]
+    for e, x, y in zip(chain.edges, text.x, text.y, strict=True):  # each number on its edge
+        a, b = places[(e.level, e.parent)], places[(e.level + 1, e.child)]
+        assert a[0] < x < b[0] and min(a[1], b[1]) <= y <= max(a[1], b[1])
+    assert list(text.hovertext) == [
+        f"{'nmw'[e.level]} #{e.parent} → {'nmw'[e.level + 1]} #{e.child}: cos {e.cosine:.3f}"
+        for e in chain.edges
+    ]
+    # colours and legend by label; the chosen member outlined; clicks map back to members
+    by_name = {t.name: t for t in tree.figure.data if t.mode == "markers+text"}
+    assert set(by_name) == {"split", "widest (has a parent)"}
+    assert by_name["split"].marker.color == LABEL_COLOURS["split"]
+    assert by_name["widest (has a parent)"].marker.color == WIDEST_COLOUR
+    for node, (_, _, c, p) in places.items():
+        assert tree.member(c, p) == node
+        width = tree.figure.data[c].marker.line.width[p]
+        assert width == (3 if node == (1, 1) else 1)
+    assert tree.member(0, 0) is None and tree.member(99, 0) is None  # an edge, nothing
+    hover = by_name["split"].customdata
+    assert [list(row) for row in hover] == [["n", 1, "split"], ["m", 1, "split"]]
 
 
-def test_family_sankey_keeps_a_vanished_ancestor_line_short(planted_families):
-    fam = planted_families
-    chain = fam.chain(2, 3)  # C3 <- B2 <- A1: up only
-    (t,) = family_sankey(fam, chain, ["n", "m", "w"]).data
-    assert len(t.node.label) == 3 and len(t.link.source) == 2
-    assert t.node.label[0] == "n #1 · split" and t.node.label[1].startswith("m #2 · stable")
+def test_family_tree_edges_of_a_tree_never_cross():
+    """Two edges between the same columns keep their order: a higher parent, a higher child."""
+    fam = families(planted_ladder().dictionaries(), tau=0.5, cache=False)
+    for start in [(0, 1), (1, 1), (2, 3), (0, 0)]:
+        chain = fam.chain(*start)
+        edges, _, places = tree_parts(family_tree(fam, chain, ["n", "m", "w"]))
+        for e in chain.edges:
+            for f in chain.edges:
+                if e.level != f.level:
+                    continue
+                pe, pf = places[(e.level, e.parent)][1], places[(f.level, f.parent)][1]
+                ce, cf = places[(e.level + 1, e.child)][1], places[(f.level + 1, f.child)][1]
+                assert (pe - pf) * (ce - cf) >= 0, (e, f)
+
+
+def test_family_tree_writes_no_cosines_when_there_are_too_many(planted_families, monkeypatch):
+    import dashboard.charts as charts
+
+    monkeypatch.setattr(charts, "LINK_TEXT_LIMIT", 1)
+    chain = planted_families.chain(1, 1)
+    tree = charts.family_tree(planted_families, chain, ["n", "m", "w"])
+    assert not [t for t in tree.figure.data if t.mode == "text"]
+    assert len([m for m in tree.members if m is None]) == len(chain.edges)
 
 
 def test_value_histogram_drops_nan_and_marks_its_lines():
@@ -267,28 +306,3 @@ def test_absorption_scatter_one_point_per_feature():
     assert [list(map(int, row)) for row in t.customdata] == [
         [f, p] for f, p in zip(feature, partner, strict=True)
     ]
-
-
-def test_family_sankey_stacks_each_column_without_overlap():
-    """Plotly draws a node as tall as its larger flow times the fullest column's scale
-    (d3-sankey); the fixed centres leave SANKEY_PAD pixels between neighbours."""
-    fam = families(planted_ladder().dictionaries(), tau=0.5, mode="dag", cache=False)
-    chain = fam.chain(0, 1)  # A1 -> B1, B2, B5 (DAG); B1 -> C1, C2; B2 -> C3
-    fig = family_sankey(fam, chain, ["n", "m", "w"])
-    (t,) = fig.data
-    plot_h = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
-    n = len(t.node.label)
-    flow_in, flow_out = np.zeros(n), np.zeros(n)
-    for s, d, v in zip(t.link.source, t.link.target, t.link.value, strict=True):
-        flow_out[s] += v
-        flow_in[d] += v
-    value = np.maximum(flow_in, flow_out)
-    column = np.asarray(t.node.x)
-    cols = [np.flatnonzero(column == c) for c in np.unique(column)]
-    assert [len(c) for c in cols] == [1, 3, 3]
-    scale = min((plot_h - (len(c) - 1) * SANKEY_PAD) / value[c].sum() for c in cols)
-    for c in cols:
-        centre = np.asarray(t.node.y)[c] * plot_h
-        top, bottom = centre - value[c] * scale / 2, centre + value[c] * scale / 2
-        assert (top >= -1e-6).all() and (bottom <= plot_h + 1e-6).all()
-        np.testing.assert_allclose(top[1:] - bottom[:-1], SANKEY_PAD, atol=1e-6)
