@@ -280,8 +280,7 @@ def family_tree(fam: Families, chain: Chain, names: Sequence[str]) -> FamilyTree
                 text=[f"#{f}" for _, f in group], textposition="top center",  # edges leave sideways
                 marker={"symbol": "square", "size": 16,
                         "color": LABEL_COLOURS.get(label, WIDEST_COLOUR),
-                        "line": {"color": ["black" if n == focus else "white" for n in group],
-                                 "width": [3 if n == focus else 1 for n in group]}},
+                        "line": {"color": "white", "width": 1}},
                 customdata=[[names[i], f, ", ".join(fam.labels_of(i, f)) or "—"]
                             for i, f in group],
                 hovertemplate="%{customdata[0]} #%{customdata[1]}: %{customdata[2]}"
@@ -289,6 +288,12 @@ def family_tree(fam: Families, chain: Chain, names: Sequence[str]) -> FamilyTree
             )
         )  # fmt: skip
         members.append(tuple(group))
+    fig.add_trace(  # the chosen member outlined (its own trace: the legend keeps plain squares)
+        go.Scatter(x=[place[focus][0]], y=[place[focus][1]], mode="markers", hoverinfo="skip",
+                   marker={"symbol": "square-open", "size": 22, "color": "black",
+                           "line": {"width": 3}}, showlegend=False)
+    )  # fmt: skip
+    members.append(None)
     rows = max(per_col.values())
     fig.update_layout(
         height=min(1400, 150 + 40 * rows),
@@ -380,10 +385,14 @@ def singular_value_spectrum(
                   annotation_position="top left")  # fmt: skip
     fig.update_layout(height=340, xaxis_title="index (descending)", yaxis_title="singular value",
                       margin={"t": 40}, showlegend=False)  # fmt: skip
-    fig.update_yaxes(type="log", minor={"ticks": "outside"})
+    # ticks at 1, 2, 5 x 10^k, written out (plotly's own log ticks write 0.2 as '2')
     positive = s[s > 0]
-    if len(positive) and positive.max() / positive.min() >= 100:  # label decades only; a narrower
-        fig.update_yaxes(dtick=1)  # range keeps plotly's ticks, or it would have no label at all
+    ticks = []
+    if len(positive):
+        lo, hi = np.floor(np.log10(positive.min())), np.ceil(np.log10(positive.max()))
+        ticks = [m * 10.0**k for k in range(int(lo), int(hi) + 1) for m in (1, 2, 5)]
+        ticks = [v for v in ticks if positive.min() / 1.5 <= v <= positive.max() * 1.5]
+    fig.update_yaxes(type="log", tickvals=ticks, ticktext=[f"{v:g}" for v in ticks])
     return fig
 
 

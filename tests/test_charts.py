@@ -235,8 +235,9 @@ def test_family_tree_draws_the_chain_with_cosines_and_labels(planted_families):
     assert by_name["widest (has a parent)"].marker.color == WIDEST_COLOUR
     for node, (_, _, c, p) in places.items():
         assert tree.member(c, p) == node
-        width = tree.figure.data[c].marker.line.width[p]
-        assert width == (3 if node == (1, 1) else 1)
+    outline = tree.figure.data[-1]  # the chosen member, B1, outlined and taking no clicks
+    assert (outline.x[0], outline.y[0]) == places[(1, 1)][:2] and tree.members[-1] is None
+    assert outline.marker.symbol == "square-open" and outline.hoverinfo == "skip"
     assert tree.member(0, 0) is None and tree.member(99, 0) is None  # an edge, nothing
     hover = by_name["split"].customdata
     assert [list(row) for row in hover] == [["n", 1, "split"], ["m", 1, "split"]]
@@ -264,7 +265,7 @@ def test_family_tree_writes_no_cosines_when_there_are_too_many(planted_families,
     chain = planted_families.chain(1, 1)
     tree = charts.family_tree(planted_families, chain, ["n", "m", "w"])
     assert not [t for t in tree.figure.data if t.mode == "text"]
-    assert len([m for m in tree.members if m is None]) == len(chain.edges)
+    assert len([m for m in tree.members if m is None]) == len(chain.edges) + 1  # + the outline
 
 
 def test_value_histogram_drops_nan_and_marks_its_lines():
@@ -286,9 +287,13 @@ def test_singular_value_spectrum_is_log_scaled_with_its_reference_lines():
     np.testing.assert_array_equal(t.y, sv)
     np.testing.assert_array_equal(t.x, np.arange(1, 31))
     assert fig.layout.yaxis.type == "log"
-    assert fig.layout.yaxis.dtick is None  # two decades at most: plotly's own ticks
+    # ticks at 1, 2, 5 x 10^k around the values, written out in full
+    ticks = list(fig.layout.yaxis.tickvals)
+    assert ticks == pytest.approx([v for v in (0.5, 1, 2, 5, 10) if sv.min() / 1.5 <= v <= 15])
+    assert list(fig.layout.yaxis.ticktext) == [f"{v:g}" for v in ticks]
     wide = singular_value_spectrum(np.geomspace(50, 0.01, 30), 10.0, 1.0)
-    assert wide.layout.yaxis.dtick == 1  # many decades: one label per decade
+    assert list(wide.layout.yaxis.ticktext) == ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1",
+                                                "2", "5", "10", "20", "50"]  # fmt: skip
     lines = [sh for sh in fig.layout.shapes if sh.type == "line"]
     assert sorted((sh.x0, sh.y0) for sh in lines)[0][1] == 1.7  # the tight-frame level
     assert any(sh.x0 == 21.5 for sh in lines)  # the effective rank
