@@ -3,7 +3,7 @@
 The test starts `streamlit run app.py` itself on a free loopback port (with a private
 SAE_CACHE_DIR), opens every page, checks that no exception element is shown, follows a
 Neighbours deep link, clicks a neighbour, follows a Families deep link, clicks a family member,
-goes to its Neighbours page and back, clicks a UMAP point (placed through plotly's own axis
+goes to its Neighbours page and back, selects table rows (a family, an absorption pair), clicks a UMAP point (placed through plotly's own axis
 transforms) and box / lasso selects a region, and saves screenshots under artifacts/ (look at
 them). No browser is ever downloaded: Playwright launches /usr/bin/chromium.
 """
@@ -351,3 +351,42 @@ def test_families_dag_link_and_geometry_link_open_without_errors(server, page):
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
     assert page.locator('[data-testid="stPlotlyChart"]').count() == 6  # 4 frame, 2 absorption
     shot(page, "geometry_deep_link")
+
+
+def click_table_row(page, table: int, row: int) -> None:
+    """Tick row `row` of the `table`-th dataframe (its selection column, at the left; rows and
+    header are 35 px in Streamlit's grid)."""
+    grid = page.locator('[data-testid="stDataFrame"]').nth(table)
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 18, box["y"] + 35 * (row + 1) + 17)
+
+
+def test_a_row_of_features_by_label_opens_its_family(server, page):
+    page.goto(f"{server}/Families?ladder=toy-a,toy-b&dict=toy-a&feature=158&tau=0.5&mode=tree")
+    wait_rendered(page)
+    # the splits of toy-a -> toy-b, most children first, then by feature: 158, 205, ...
+    click_table_row(page, 2, 1)
+    page.wait_for_url(re.compile(r"dict=toy-a&feature=205&tau=0.5&mode=tree$"), timeout=30_000)
+    wait_rendered(page)
+    assert_no_exception(page)
+    assert families_heading(page) == "Family of toy-a · feature 205"
+    shot(page, "families_after_row_select")
+
+
+def test_an_absorption_row_links_to_both_features(server, page):
+    page.goto(f"{server}/Geometry?dict=toy-b&k=1")
+    wait_rendered(page)
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=60_000)
+    wait_rendered(page)
+    click_table_row(page, 0, 0)
+    partner = page.get_by_role("link", name=re.compile(r"its partner \d+ on Neighbours"))
+    partner.wait_for(timeout=30_000)
+    wait_rendered(page)
+    shot(page, "geometry_absorption_row_selected")
+    feature = re.search(r"(\d+)", partner.inner_text()).group(1)
+    partner.click()
+    page.wait_for_url(re.compile(rf"/Neighbours\?dict=toy-b&feature={feature}$"), timeout=30_000)
+    wait_rendered(page)
+    assert_no_exception(page)
+    assert page.get_by_role("heading", name=f"toy-b · feature {feature}").count() == 1
