@@ -3,9 +3,10 @@
 The test starts `streamlit run app.py` itself on a free loopback port (with a private
 SAE_CACHE_DIR), opens every page, checks that no exception element is shown, follows a
 Neighbours deep link, clicks a neighbour, follows a Families deep link, clicks a family member,
-goes to its Neighbours page and back, selects table rows (a family, an absorption pair), clicks a UMAP point (placed through plotly's own axis
-transforms) and box / lasso selects a region, and saves screenshots under artifacts/ (look at
-them). No browser is ever downloaded: Playwright launches /usr/bin/chromium.
+goes to its Neighbours page and back, selects table rows (a family, an absorption pair), clicks
+a UMAP point (placed through plotly's own axis transforms) and box / lasso selects a region,
+and saves screenshots under artifacts/ (look at them). No browser is ever downloaded:
+Playwright launches /usr/bin/chromium.
 """
 
 from __future__ import annotations
