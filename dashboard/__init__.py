@@ -12,8 +12,13 @@ it; every number comes from `sae_backend`. One module per concern:
     store    the one shared in-memory store: dictionaries and results for every session, and
              the `Work` (key, compute, label) of each result pages ask `background` for
     text     pure text: the demo note, context windows, size limits
-    charts   pure plotly figures: similarity histogram, MMCS heatmap, UMAP scatter
+    charts   pure plotly figures: similarity histogram, MMCS heatmap, UMAP scatter, families,
+             frame and absorption figures
+    ladder   pure: the Families page's default ladder and its URL state
+    tables   pure: the Families and Geometry pages' tables, copied from backend results
+    links    same-tab links between Neighbours, Families and Geometry; the session's ladder
 
 Imports go one way, without cycles: text, feedback and background at the bottom, session on
-them, store and uploads above, frame on top; only pages import the frame.
+them, store and uploads above, frame on top; only pages import the frame. ladder and tables
+import only the backend; links imports session and ladder.
 """

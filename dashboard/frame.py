@@ -29,6 +29,8 @@ PAGES: tuple[tuple[str, str], ...] = (
     ("pages/1_Similarity.py", "Similarity"),
     ("pages/2_Neighbours.py", "Neighbours"),
     ("pages/3_UMAP.py", "UMAP"),
+    ("pages/5_Families.py", "Families"),
+    ("pages/6_Geometry.py", "Geometry"),
     ("pages/4_Status.py", "Status"),
 )
 

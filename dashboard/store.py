@@ -34,7 +34,10 @@ from sae_backend.types import Directions, DownloadProgress, Progress
 
 if TYPE_CHECKING:  # the geometry imports torch (seconds): jobs import it, not a page's paint
     from sae_backend import Dictionary
+    from sae_backend.geometry.absorption import Absorption
     from sae_backend.geometry.compare import Comparison
+    from sae_backend.geometry.families import Families, FamilyMode
+    from sae_backend.geometry.frame import Frame
     from sae_backend.geometry.matching import Matching
     from sae_backend.geometry.stats import BootstrapCI
     from sae_backend.projection import Embedding
@@ -224,3 +227,61 @@ def bootstrap_ci(
 ) -> BootstrapCI:
     """bootstrap_mean_difference(x, y), waiting for it."""
     return background.now(bootstrap_work(x_key, x, y_key, y))
+
+
+# --- Families, absorption, frame geometry, rotation null (issue 11) ----------------------------
+# Each is one backend call (cached on disk there), run as a job like the results above.
+def families_work(
+    ladder: Sequence[Dictionary], tau: float, mode: FamilyMode, label: str = ""
+) -> Work[Families]:
+    """Families across `ladder` (narrowest first). Tree mode reads the cached top-1 passes of
+    `compare(wider, narrower)`, so a new tau costs no pass; dag mode one pass per tau."""
+
+    def compute(progress: Progress) -> Families:
+        from sae_backend.geometry.families import families
+
+        return families(ladder, tau=tau, mode=mode, progress=progress)
+
+    key = ("families", tuple(d.fingerprint for d in ladder), float(tau), mode)
+    label = label or f"families across {len(ladder)} dictionaries (τ = {tau:g}, {mode})"
+    return Work(key, compute, label, shared_memory())
+
+
+def absorption_work(d: Dictionary, k: int = 1, label: str = "") -> Work[Absorption]:
+    """Each alive feature's k most negative cos(encoder, other decoder) partners (one top-k
+    pass of encoders against decoders)."""
+
+    def compute(progress: Progress) -> Absorption:
+        from sae_backend.geometry.absorption import absorption
+
+        return absorption(d, k=k, progress=progress)
+
+    key = ("absorption", d.fingerprint, int(k))
+    return Work(key, compute, label or f"absorption signatures (k = {k})", shared_memory())
+
+
+def frame_work(d: Dictionary, label: str = "") -> Work[Frame]:
+    """Frame quantities of d's alive unit decoder rows (a d x d Gram, two top-k passes; the
+    backend reports no progress)."""
+
+    def compute(_progress: Progress) -> Frame:
+        from sae_backend.geometry.frame import frame
+
+        return frame(d)
+
+    return Work(("frame", d.fingerprint), compute, label or "frame geometry", shared_memory())
+
+
+def rotation_null_work(
+    a: Dictionary, b: Dictionary, directions: Directions = "decoder", label: str = ""
+) -> Work[np.ndarray]:
+    """[alive of a] max cosine of a against b rotated by a Haar-random orthogonal matrix
+    (seed 0): one top-k pass, as costly as `comparison_work(a, b)`."""
+
+    def compute(progress: Progress) -> np.ndarray:
+        from sae_backend.geometry.rotation import rotation_null
+
+        return rotation_null(a, b, directions=directions, progress=progress)
+
+    key = ("rotation_null", a.fingerprint, b.fingerprint, directions)
+    return Work(key, compute, label or f"rotation null ({directions})", shared_memory())

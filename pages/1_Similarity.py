@@ -62,6 +62,12 @@ layout = c3.radio("Histograms", ["overlaid", "faceted"], horizontal=True)
 c1, c2, c3 = st.columns(3)
 show_null = c1.checkbox("Random-direction null", value=True)
 small = all(d.n_features <= 4096 for d in dicts.values())
+show_rotation = c1.checkbox(
+    "Rotation null (A → B)",
+    value=small,
+    help="A against B turned by a random orthogonal matrix (Haar, seed 0): B keeps its own "
+    "geometry and loses only its alignment with A. One more pass per comparison.",
+)
 do_match = c2.checkbox("One-to-one matching (A → B)", value=small)
 thresholds = c3.multiselect("Thresholds", [0.3, 0.5, 0.7, 0.8, 0.9, 0.95], default=[0.5, 0.7, 0.9])
 
@@ -83,14 +89,20 @@ for label in chosen:
         m = None
         if do_match and b is not None:
             m = background.outcome(store.matching_work(a, b, directions, f"matching {label}"))
+        rot, rotated = None, show_rotation and b is not None
+        if rotated:
+            rot = background.outcome(
+                store.rotation_null_work(a, b, directions, f"rotation null {label}")
+            )
     except SAEError as e:
         show_error(e, label)
         continue
-    computing += background.pending(res, null, m)
+    computing += background.pending(res, null, m, rot)
     if not isinstance(res, Comparison):
         continue
     null = null if isinstance(null, np.ndarray) else None
     m = m if isinstance(m, Matching) else None
+    rot = rot if isinstance(rot, np.ndarray) else None
     s = summarize(res.max_cos, thresholds)
     dc = res.double_counting(b.n_features if b is not None else a.n_features)
     row = {
@@ -100,6 +112,7 @@ for label in chosen:
         "median": s.median,
         **{f"> {t}": f for t, f in s.above.items()},
         "null mean": np.nan if null is None else float(null.mean()),
+        **({"rotation null mean": np.nan if rot is None else float(rot.mean())} if rotated else {}),
         "distinct targets": dc.n_targets,
         "targeted fraction": dc.fraction_targeted,
         "max in-degree": dc.max_in_degree,
@@ -108,7 +121,7 @@ for label in chosen:
     if m is not None:
         row.update({"matched mean": m.mean, "matched n": m.n_matched, "match method": m.method})
     key = (a.fingerprint, b and b.fingerprint, directions)  # names res.max_cos for caches
-    results[label] = {"res": res, "null": null, "m": m, "row": row, "key": key}
+    results[label] = {"res": res, "null": null, "m": m, "rot": rot, "row": row, "key": key}
 
 computing = list(dict.fromkeys(computing))  # a job shared by two comparisons: one bar
 background.progress_bars(computing)
@@ -119,7 +132,7 @@ def known_comparisons() -> None:
     labels = list(results)
     series = [
         charts.HistogramSeries(
-            label, r["res"].max_cos, r["null"], None if r["m"] is None else r["m"].cosine
+            label, r["res"].max_cos, r["null"], None if r["m"] is None else r["m"].cosine, r["rot"]
         )
         for label, r in results.items()
     ]
@@ -128,7 +141,9 @@ def known_comparisons() -> None:
     st.caption(
         "Dashed lines: means (MMCS). Grey: the same comparison between random unit directions "
         "with the same counts and dimension. Hatched: cosines of the optimal one-to-one "
-        "matching, where no feature of B is claimed twice."
+        "matching, where no feature of B is claimed twice. Dark grey, dotted: the rotation "
+        "null, A against B turned by a random orthogonal matrix (B's own geometry, no "
+        "alignment with A); none for 'within A', whose cosines a rotation leaves unchanged."
     )
     table = pd.DataFrame([r["row"] for r in results.values()])
     st.dataframe(table, hide_index=True)

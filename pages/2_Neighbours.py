@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import background, frame, session, store
+from dashboard import background, frame, links, session, store
 from dashboard.feedback import is_demo, show_error
 from dashboard.text import context_markdown, context_plain, demo_note
 from sae_backend import SAEError
@@ -132,6 +132,7 @@ if d.has_encoder:
 m4.metric("decoder norm", f"{float(d.decoder_norms[feature]):.3g}")
 if d.meta.neuronpedia_id:
     st.markdown(f"[Open on Neuronpedia]({feature_url(d.meta.neuronpedia_id, feature)})")
+links.to_families(name, feature, dicts)  # the way back to Families, when name is on a ladder
 if is_demo(session.entries()[name].uri):
     st.caption(demo_note())
 shown = store.contexts(name).get(feature, [])

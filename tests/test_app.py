@@ -90,7 +90,8 @@ def test_sidebar_links_every_page_and_names_the_home_page():
     ok(at)
     links = [(link.proto.label, link.proto.page) for link in at.sidebar.get("page_link")]
     assert links == [("Dictionaries", ""), ("Similarity", "Similarity"),
-                     ("Neighbours", "Neighbours"), ("UMAP", "UMAP"), ("Status", "Status")]  # fmt: skip
+                     ("Neighbours", "Neighbours"), ("UMAP", "UMAP"), ("Families", "Families"),
+                     ("Geometry", "Geometry"), ("Status", "Status")]  # fmt: skip
     assert [m.value for m in at.sidebar.markdown][:3] == [
         "- **toy-a** · `bundled demo`", "- **toy-b** · `bundled demo`",
         "- **toy-a-seed2** · `bundled demo`",

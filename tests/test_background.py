@@ -246,9 +246,10 @@ def test_a_failed_load_stays_shown_across_a_bars_reruns_until_the_next_action(sl
 
 
 def comparing(at: AppTest) -> set[str]:
-    """What the bars of comparisons (the gated computations) name; nulls and matchings of
-    these small dictionaries finish at once."""
-    return {b.split(":")[0] for b in bars(at) if not b.startswith(("matching", "random null"))}
+    """What the bars of comparisons (the gated computations) name; nulls (random and rotation)
+    and matchings of these small dictionaries finish at once."""
+    ungated = ("matching", "random null", "rotation null")
+    return {b.split(":")[0] for b in bars(at) if not b.startswith(ungated)}
 
 
 def test_leaving_a_page_mid_computation_keeps_its_jobs_for_the_next_visit(slow_compare, ref):
