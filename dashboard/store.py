@@ -9,6 +9,8 @@ results on disk, so an evicted result costs one read. Wrappers keep the backend'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import streamlit as st
 
@@ -22,6 +24,9 @@ from sae_backend.geometry.matching import Matching
 from sae_backend.geometry.stats import BootstrapCI, bootstrap_mean_difference, random_null
 from sae_backend.memory import MemoryLRU
 from sae_backend.types import Directions
+
+if TYPE_CHECKING:
+    from sae_backend.geometry.shared import Criterion, MatchedPairs, Orphans, Side
 
 UMAP_AUTO_LIMIT = 10_000  # the UMAP page computes up to this many points unasked; more: a button
 
@@ -98,3 +103,50 @@ def bootstrap_ci(
     """bootstrap_mean_difference(x, y) (2,000 resamples, seeded: seconds at 46,080 features),
     held in memory; x_key / y_key name the arrays, e.g. (a_fp, b_fp, directions)."""
     return _bootstrap((x_key, y_key), x, y)
+
+
+# --- What a matching means: shared at tau, orphans, match status (issue 12) -------------------
+# On top of `matching` and `comparison`: the pairs' float64 cosines are held (a pass over the
+# matched rows); orphans and statuses are a few array operations on them, done per run.
+def matched(a: Dictionary, b: Dictionary, directions: Directions = "decoder") -> MatchedPairs:
+    """The one-to-one matching's pairs (`matching(a, b, directions)`) with exact float64
+    decoder and encoder cosines."""
+    from sae_backend.geometry.shared import matched_pairs
+
+    m = matching(a, b, directions)
+    key = ("matched_pairs", a.fingerprint, b.fingerprint, directions)
+    return shared_memory().get_or_compute(key, lambda: matched_pairs(a, b, m, directions))
+
+
+def orphans(
+    a: Dictionary,
+    b: Dictionary,
+    directions: Directions,
+    side: Side,
+    tau: float,
+    criterion: Criterion = "both",
+) -> Orphans:
+    """Orphans of A (side "a") or of B ("b") in the matching of A with B, each with its max-cos
+    partner: from `comparison(a, b)` or `comparison(b, a)` (same directions)."""
+    from sae_backend.geometry.shared import orphans as find_orphans
+
+    this, other = (a, b) if side == "a" else (b, a)
+    nearest = comparison(this, other, directions)
+    return find_orphans(matched(a, b, directions), side, nearest, this.alive_index, tau, criterion)
+
+
+def match_status(
+    a: Dictionary,
+    b: Dictionary,
+    directions: Directions,
+    side: Side,
+    tau: float,
+    criterion: Criterion = "both",
+) -> np.ndarray:  # [n_features of that side] str
+    """Every feature of A (side "a") or B ("b"): shared / below / unmatched / dead in the
+    matching of A with B."""
+    from sae_backend.geometry.shared import feature_status
+
+    this = a if side == "a" else b
+    pairs = matched(a, b, directions)
+    return feature_status(pairs, side, this.n_features, this.alive_index, tau, criterion)

@@ -8,9 +8,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, frame, store
+from dashboard import charts, frame, matching_ui, session, store
 from dashboard.feedback import show_error
+from dashboard.matching_tables import cell_feature, orphans_table, summary_row
+from dashboard.text import SHARED_NOTE, certificate_markdown
 from sae_backend import SAEError
+from sae_backend.geometry.shared import shared_summary
 from sae_backend.geometry.stats import summarize
 
 frame.page("Similarity")
@@ -144,6 +147,87 @@ c2.download_button(
 c3.download_button(
     "Figure (HTML)", lambda: fig.to_html(include_plotlyjs="cdn"), "similarity.html", "text/html"
 )
+
+
+# --- One-to-one matching: shared at τ, orphans, certificate, export (issue 12) ---------------
+def orphans_section(label: str, side: str, this: str, other: str, table: pd.DataFrame) -> None:
+    """One side's orphans, in an expander; a click on a cell offers its feature's Neighbours
+    page (the row's feature, or the partner / max-cos partner / taker the cell names)."""
+    n_alive = dicts[this].n_alive
+    with st.expander(f"Orphans of {this} vs {other}: {len(table):,} of {n_alive:,} alive"):
+        event = st.dataframe(
+            table, hide_index=True, on_select="rerun", selection_mode="single-cell",
+            key=f"orphans_{label}_{side}_{directions}_{tau}_{criterion}",
+            column_config={
+                "decoder cos": st.column_config.NumberColumn(format="%.3f"),
+                "encoder cos": st.column_config.NumberColumn(format="%.3f"),
+                "max cos": st.column_config.NumberColumn(format="%.3f"),
+                "partner": st.column_config.NumberColumn(help=f"its partner in {other}"),
+                "max-cos partner": st.column_config.NumberColumn(
+                    help=f"its nearest feature in {other} ({directions})"),
+                "taken by": st.column_config.NumberColumn(
+                    help=f"the feature of {this} the matching gave the max-cos partner to"),
+            },
+        )  # fmt: skip
+        cells = event.selection.cells if event else []
+        picked = cell_feature(table, *cells[0]) if cells else None
+        if picked is None:
+            st.caption("Click a cell for a link to its feature on the Neighbours page.")
+            return
+        whose = this if picked[0] == "this" else other
+        st.page_link(
+            "pages/2_Neighbours.py",
+            label=f"Open {whose} feature {picked[1]} on the Neighbours page",
+            query_params={"dict": whose, "feature": str(picked[1]), **session.share_query(whose)},
+        )
+
+
+matched_labels = [label for label, r in results.items() if r["m"] is not None]
+if matched_labels:
+    st.subheader("One-to-one matching: shared features and orphans")
+    c1, c2 = st.columns([1, 3])
+    tau = matching_ui.tau_control(c1, "sim_tau")
+    criterion = matching_ui.criterion_control(c2, "sim_criterion")
+    st.caption(f"Matched by {directions} directions (the Directions control above). {SHARED_NOTE}")
+    details = {}
+    for label in matched_labels:
+        a_name, b_name = parse(label)
+        a, b, m = dicts[a_name], dicts[str(b_name)], results[label]["m"]
+        try:
+            pairs = store.matched(a, b, directions)
+            orph = {side: store.orphans(a, b, directions, side, tau, criterion) for side in "ab"}
+        except SAEError as e:
+            show_error(e, label)
+            continue
+        details[label] = (a_name, str(b_name), a, b, m, pairs, orph)
+    summary = pd.DataFrame(
+        [
+            summary_row(label, m, shared_summary(pairs, tau, criterion))
+            for label, (*_, m, pairs, _) in details.items()
+        ]
+    )
+    st.dataframe(
+        summary, hide_index=True, key="matching_summary",
+        column_config={
+            **{c: st.column_config.NumberColumn(format="%.3f")
+               for c in ("mean matched cos", "shared (dec & enc)", "shared (decoder)")},
+            "objective": st.column_config.NumberColumn(format="%.4f"),
+            "bound": st.column_config.NumberColumn(format="%.4f"),
+        },
+    )  # fmt: skip
+    for tab, (label, (a_name, b_name, a, b, m, pairs, orph)) in zip(
+        st.tabs(list(details)), details.items(), strict=True
+    ):
+        with tab:
+            st.markdown(
+                certificate_markdown(m.method, m.certified, m.total, m.bound, m.tolerance,
+                                     m.rounds)
+            )  # fmt: skip
+            orphans_section(label, "a", a_name, b_name, orphans_table(orph["a"], pairs))
+            orphans_section(label, "b", b_name, a_name, orphans_table(orph["b"], pairs))
+            matching_ui.downloads(
+                st.container(), (a_name, b_name), a, b, m, pairs, tau, criterion, key=label
+            )
 
 # --- Bootstrap CI of a difference of means --------------------------------------------------
 if len(labels) >= 2:

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, frame, store
+from dashboard import charts, frame, matching_ui, store
 from dashboard.feedback import progress_callback, show_error
-from dashboard.text import context_hover, context_markdown
+from dashboard.matching_tables import point_status
+from dashboard.text import CRITERION_LABELS, STATUS_LABELS, context_hover, context_markdown
 from sae_backend import SAEError
 from sae_backend.geometry.neighbours import feature_neighbours
 from sae_backend.projection import UMAP_DEFAULTS, umap_embedding
@@ -81,7 +82,13 @@ finally:
 # --- Colour ---------------------------------------------------------------------------------
 colour_options = ["dictionary", "within-dictionary max cos", "density"]
 colour_options += [f"max cos to {n}" for n in names]
+STATUS_VS = "match status vs "  # issue 12: shared / matched below τ / unmatched, per point
+colour_options += [f"{STATUS_VS}{n}" for n in names if chosen != [n]]
 colour = st.selectbox("Colour by", colour_options)
+if colour.startswith(STATUS_VS):
+    c1, c2, _ = st.columns([1, 2, 3])
+    tau = matching_ui.tau_control(c1, "umap_tau")
+    criterion = matching_ui.criterion_control(c2, "umap_criterion")
 
 
 def metric_values() -> np.ndarray:  # [N] float, NaN where unknown
@@ -104,16 +111,50 @@ def metric_values() -> np.ndarray:  # [N] float, NaN where unknown
     return values
 
 
+def status_values(target_name: str) -> np.ndarray:  # [N] str
+    """Each point's status in a one-to-one matching with `target_name` (by the embedding's
+    directions): a feature of another dictionary X in the matching X → target; a feature of
+    the target itself (when embedded) on the target's side of the matching with the first
+    other embedded dictionary."""
+    target = dicts[target_name]
+    partner = next((n for n in chosen if n != target_name), None)
+    per_dict: list[np.ndarray | None] = []
+    for n in chosen:
+        if n != target_name:
+            per_dict.append(store.match_status(dicts[n], target, directions, "a", tau, criterion))
+        elif partner is not None:
+            per_dict.append(
+                store.match_status(dicts[partner], target, directions, "b", tau, criterion)
+            )
+    return point_status(emb.dict_index, emb.feature, per_dict)
+
+
 ctx = {n: store.contexts(n) for n in chosen}
 pairs = zip(emb.dict_index, emb.feature, strict=True)
 hover = np.array([context_hover(ctx[chosen[int(k)]], f) for k, f in pairs], dtype=object)
 # hover: [N] the strongest context of each point ('' outside the real demo)
 try:
-    values = None if colour == "dictionary" else metric_values()
+    if colour.startswith(STATUS_VS):
+        target_name = colour.removeprefix(STATUS_VS)
+        status = status_values(target_name)
+        fig, traces = charts.match_status_scatter(emb, chosen, hover, status, STATUS_LABELS)
+        others = [n for n in chosen if n != target_name]
+        own = (
+            f" Points of {target_name}: its side of the matching {others[0]} → {target_name}."
+            if target_name in chosen
+            else ""
+        )
+        st.caption(
+            f"Status of each point in the one-to-one matching ({directions}) of its dictionary "
+            f"with {target_name}: shared when {CRITERION_LABELS[criterion]} (τ = {tau:g}); "
+            f"orphans are matched below τ or unmatched.{own}"
+        )
+    else:
+        values = None if colour == "dictionary" else metric_values()
+        fig, traces = charts.umap_scatter(emb, chosen, hover, values, colour)
 except SAEError as e:
     show_error(e)
     st.stop()
-fig, traces = charts.umap_scatter(emb, chosen, hover, values, colour)
 event = st.plotly_chart(
     fig, key="umap", on_select="rerun", selection_mode=("points", "box", "lasso")
 )
