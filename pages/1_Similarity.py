@@ -156,7 +156,7 @@ def orphans_section(label: str, side: str, this: str, other: str, table: pd.Data
     n_alive = dicts[this].n_alive
     with st.expander(f"Orphans of {this} vs {other}: {len(table):,} of {n_alive:,} alive"):
         event = st.dataframe(
-            table, hide_index=True, on_select="rerun", selection_mode="single-cell",
+            table, hide_index=True, on_select="rerun", selection_mode="single-cell", placeholder="—",
             key=f"orphans_{label}_{side}_{directions}_{tau}_{criterion}",
             column_config={
                 "decoder cos": st.column_config.NumberColumn(format="%.3f"),
@@ -178,6 +178,7 @@ def orphans_section(label: str, side: str, this: str, other: str, table: pd.Data
         st.page_link(
             "pages/2_Neighbours.py",
             label=f"Open {whose} feature {picked[1]} on the Neighbours page",
+            icon=":material/arrow_forward:",
             query_params={"dict": whose, "feature": str(picked[1]), **session.share_query(whose)},
         )
 
@@ -213,6 +214,7 @@ if matched_labels:
                for c in ("mean matched cos", "shared (dec & enc)", "shared (decoder)")},
             "objective": st.column_config.NumberColumn(format="%.4f"),
             "bound": st.column_config.NumberColumn(format="%.4f"),
+            **{c: st.column_config.Column(width="small") for c in ("pairs", "certified", "rounds")},
         },
     )  # fmt: skip
     for tab, (label, (a_name, b_name, a, b, m, pairs, orph)) in zip(

@@ -140,7 +140,8 @@ try:
         fig, traces = charts.match_status_scatter(emb, chosen, hover, status, STATUS_LABELS)
         others = [n for n in chosen if n != target_name]
         own = (
-            f" Points of {target_name}: its side of the matching {others[0]} → {target_name}."
+            f" Points of {target_name} itself: their status in the matching {others[0]} → "
+            f"{target_name}."
             if target_name in chosen
             else ""
         )
