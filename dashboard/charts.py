@@ -413,3 +413,45 @@ def absorption_scatter(
                       yaxis_title="cos(decoder p, decoder c)", margin={"t": 40},
                       showlegend=False)  # fmt: skip
     return fig
+
+
+# --- Match status (issue 12) ------------------------------------------------------------------
+# Okabe-Ito colours (distinct for colour-blind readers), by `geometry.shared.Status`.
+STATUS_COLOURS = {"shared": "#0072B2", "below": "#E69F00", "unmatched": "#CC79A7",
+                  "dead": "#999999"}  # fmt: skip
+SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x", "star")
+
+
+def match_status_scatter(
+    emb: Embedding,
+    names: Sequence[str],
+    hover: np.ndarray,
+    status: np.ndarray,
+    labels: dict[str, str],
+) -> tuple[go.Figure, list[np.ndarray]]:
+    """The embedding coloured by match status: one trace per (status, dictionary) that has
+    points, statuses in `STATUS_COLOURS` order, a marker symbol per dictionary.
+
+    status: [N] a `STATUS_COLOURS` key per point ("" for a point without one: left out);
+    labels: the legend's word for each status. Returns the figure and, per trace, the
+    positions of its points in the embedding (as `umap_scatter`)."""
+    fig = go.Figure()
+    traces: list[np.ndarray] = []
+    for s, col in STATUS_COLOURS.items():
+        for k, name in enumerate(names):
+            idx = np.flatnonzero((status == s) & (emb.dict_index == k))
+            if idx.size == 0:
+                continue
+            traces.append(idx)
+            fig.add_trace(
+                go.Scattergl(x=emb.xy[idx, 0], y=emb.xy[idx, 1], mode="markers",
+                             name=f"{labels[s]} · {name}", legendgroup=s,
+                             marker={"size": 5, "opacity": 0.8, "color": col,
+                                     "symbol": SYMBOLS[k % len(SYMBOLS)]},
+                             customdata=np.stack([emb.feature[idx], hover[idx]], 1),
+                             hovertemplate=f"{name} #%{{customdata[0]}}: {labels[s]}"
+                                           "<br>%{customdata[1]}<extra></extra>")
+            )  # fmt: skip
+    fig.update_layout(height=650, dragmode="zoom", margin={"t": 50},
+                      legend={"itemsizing": "constant", "title": {"text": "match status"}})  # fmt: skip
+    return fig, traces

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the geometry imports torch (seconds): jobs import it, not a
     from sae_backend.geometry.families import Families, FamilyMode
     from sae_backend.geometry.frame import Frame
     from sae_backend.geometry.matching import Matching
+    from sae_backend.geometry.shared import Criterion, MatchedPairs, Orphans, Side
     from sae_backend.geometry.stats import BootstrapCI
     from sae_backend.projection import Embedding
 
@@ -285,3 +286,53 @@ def rotation_null_work(
 
     key = ("rotation_null", a.fingerprint, b.fingerprint, directions)
     return Work(key, compute, label or f"rotation null ({directions})", shared_memory())
+
+
+# --- What a matching means: shared at tau, orphans, match status (issue 12) -------------------
+# On top of `matching_work` and `comparison_work`: the pairs' float64 cosines are a job of
+# their own (a pass over the matched rows); orphans and statuses are a few array operations on
+# them, done per run by the pages (`sae_backend.geometry.shared`).
+def matched_work(
+    a: Dictionary, b: Dictionary, m: Matching, directions: Directions = "decoder", label: str = ""
+) -> Work[MatchedPairs]:
+    """The pairs of `m` (the matching of a with b by `directions`) with exact float64 decoder
+    and encoder cosines."""
+
+    def compute(_progress: Progress) -> MatchedPairs:
+        from sae_backend.geometry.shared import matched_pairs
+
+        return matched_pairs(a, b, m, directions)
+
+    key = ("matched_pairs", a.fingerprint, b.fingerprint, directions)
+    return Work(key, compute, label or f"matched pairs ({directions})", shared_memory())
+
+
+def matched_outcome(
+    a: Dictionary, b: Dictionary, directions: Directions, label: str
+) -> MatchedPairs | Job:
+    """The one-to-one matching's pairs with float64 cosines if known, else the unfinished job
+    they wait for (the matching, then the cosines); draws nothing. `label`: 'A → B'."""
+    m = background.outcome(matching_work(a, b, directions, f"matching {label}"))
+    if isinstance(m, Job):
+        return m
+    return background.outcome(matched_work(a, b, m, directions, f"matched pairs {label}"))
+
+
+def orphans_outcome(
+    pairs: MatchedPairs,
+    this: tuple[str, Dictionary],
+    other: tuple[str, Dictionary],
+    side: Side,
+    tau: float,
+    criterion: Criterion = "both",
+) -> Orphans | Job:
+    """Orphans of `this` (named; side "a": A of the matching, "b": B) with their max-cos
+    partners in `other`, from the comparison this → other (a job: known, or its Job)."""
+    from sae_backend.geometry.shared import orphans
+
+    (this_name, d), (other_name, o) = this, other
+    label = f"{this_name} → {other_name}"
+    nearest = background.outcome(comparison_work(d, o, pairs.directions, label=label))
+    if isinstance(nearest, Job):
+        return nearest
+    return orphans(pairs, side, nearest, d.alive_index, tau, criterion)

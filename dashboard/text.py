@@ -7,6 +7,7 @@ here, as does the wording of size limits, where rounding once made "2.3 MB" read
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -81,3 +82,71 @@ def too_big(size_bytes: int, limit_mb: int) -> str:
         if float(shown) > limit_mb:
             return f"the upload is {shown} MB; at most {limit_mb} MB"
     return f"the upload is {size_bytes:,} bytes; at most {limit_mb * 2**20:,} bytes ({limit_mb} MB)"
+
+
+# --- What a one-to-one matching means (issue 12) ----------------------------------------------
+# Status names are `sae_backend.geometry.shared.Status`; "below" and "unmatched" are orphans.
+STATUS_LABELS: dict[str, str] = {
+    "shared": "shared",
+    "below": "orphan: matched below τ",
+    "unmatched": "orphan: unmatched",
+    "dead": "dead (not compared)",
+}
+CRITERION_LABELS: dict[str, str] = {
+    "both": "decoder and encoder ≥ τ",
+    "decoder": "decoder ≥ τ",
+}
+SHARED_NOTE = (
+    "A matched pair is **shared** when its cosine reaches τ: both its decoder and its encoder "
+    "cosine (Paulo & Belrose's criterion), or the decoder cosine only. **Orphans**: alive "
+    "features whose partner is not shared (matched below τ) or that have none (unmatched: the "
+    "larger side's leftovers). Fractions are over matched pairs."
+)
+
+
+def certificate_markdown(
+    method: str, certified: bool, objective: float, bound: float, tolerance: float, rounds: int
+) -> str:
+    """One line saying whether a matching is proved optimal, with its objective and bound
+    (the fields of `sae_backend.geometry.matching.Matching`)."""
+    if method == "hungarian":
+        return (
+            f"✓ **certified optimal**: exact dense assignment (Hungarian); objective (sum of "
+            f"matched cosines) {objective:.6f} = bound {bound:.6f}."
+        )
+    if certified:
+        return (
+            f"✓ **certified optimal** over all pairs: objective {objective:.6f}, bound "
+            f"{bound:.6f} (within the tolerance {tolerance:.2g}), after {rounds} round(s)."
+        )
+    if math.isnan(bound):
+        return f"✗ **not certified** (not checked): objective {objective:.6f}."
+    return (
+        f"✗ **not certified**: objective {objective:.6f}, bound {bound:.6f}: at most "
+        f"{bound - objective:.4g} total cosine below the optimum."
+    )
+
+
+def feature_match_markdown(
+    this: str, other: str, status: str, tau: float, criterion: str, *,
+    partner: int | None = None, decoder_cos: float | None = None,
+    encoder_cos: float | None = None, nearest: int | None = None,
+    nearest_cos: float | None = None, taken_by: int | None = None,
+) -> str:  # fmt: skip
+    """What the one-to-one matching of `this` with `other` made of one feature of `this`."""
+    rule = f"τ = {tau:g}, shared when {CRITERION_LABELS.get(criterion, criterion)}"
+    if status == "dead":
+        return f"Dead in {this}: it takes no part in the matching with {other}."
+    if partner is None:
+        head = f"**{STATUS_LABELS['unmatched']}** vs {other} ({rule}): no partner left for it."
+    else:
+        cos = f"decoder cos {decoder_cos:.3f}"
+        if encoder_cos is not None and not math.isnan(encoder_cos):
+            cos += f", encoder cos {encoder_cos:.3f}"
+        head = f"**{STATUS_LABELS[status]}** vs {other} ({rule}): partner #{partner} ({cos})."
+    if status == "shared" or nearest is None:
+        return head
+    if nearest == partner:
+        return head + f" Its max-cos partner is that same #{nearest} ({nearest_cos:.3f})."
+    who = "nobody" if taken_by is None else f"{this} #{taken_by}"
+    return head + f" Its max-cos partner #{nearest} ({nearest_cos:.3f}) went to {who}."

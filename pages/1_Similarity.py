@@ -8,11 +8,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import background, charts, frame, session, store
+from dashboard import background, charts, frame, matching_ui, session, store
 from dashboard.feedback import show_error
+from dashboard.matching_tables import cell_feature, orphans_table, summary_row
+from dashboard.text import SHARED_NOTE, certificate_markdown
 from sae_backend import SAEError
 from sae_backend.geometry.compare import Comparison
 from sae_backend.geometry.matching import Matching
+from sae_backend.geometry.shared import shared_summary
 from sae_backend.geometry.stats import summarize
 from sae_backend.jobs import Job
 
@@ -179,6 +182,8 @@ def known_comparisons() -> None:
         "text/html",
     )  # fmt: skip
 
+    matching_section()  # issue 12: what the known matchings mean
+
     # --- Bootstrap CI of a difference of means ----------------------------------------------
     if len(labels) < 2:
         return
@@ -197,6 +202,114 @@ def known_comparisons() -> None:
             help="95% percentile bootstrap interval, features resampled with replacement",
         )
         st.caption(f"95% bootstrap interval: [{ci.low:+.4f}, {ci.high:+.4f}] (2,000 resamples).")
+
+
+# --- One-to-one matching: shared at τ, orphans, certificate, export (issue 12) ---------------
+def orphans_section(
+    label: str, side: str, this: str, other: str, table: pd.DataFrame, key: str
+) -> None:
+    """One side's orphans, in an expander; a click on a cell offers its feature's Neighbours
+    page (the row's feature, or the partner / max-cos partner / taker the cell names)."""
+    n_alive = dicts[this].n_alive
+    with st.expander(f"Orphans of {this} vs {other}: {len(table):,} of {n_alive:,} alive"):
+        event = st.dataframe(
+            table, hide_index=True, on_select="rerun", selection_mode="single-cell", placeholder="—",
+            key=f"orphans_{label}_{side}_{key}",
+            column_config={
+                "decoder cos": st.column_config.NumberColumn(format="%.3f"),
+                "encoder cos": st.column_config.NumberColumn(format="%.3f"),
+                "max cos": st.column_config.NumberColumn(format="%.3f"),
+                "partner": st.column_config.NumberColumn(help=f"its partner in {other}"),
+                "max-cos partner": st.column_config.NumberColumn(
+                    help=f"its nearest feature in {other} ({directions})"),
+                "taken by": st.column_config.NumberColumn(
+                    help=f"the feature of {this} the matching gave the max-cos partner to"),
+            },
+        )  # fmt: skip
+        cells = event.selection.cells if event else []
+        picked = cell_feature(table, *cells[0]) if cells else None
+        if picked is None:
+            st.caption("Click a cell for a link to its feature on the Neighbours page.")
+            return
+        whose = this if picked[0] == "this" else other
+        st.page_link(
+            "pages/2_Neighbours.py",
+            label=f"Open {whose} feature {picked[1]} on the Neighbours page",
+            icon=":material/arrow_forward:",
+            query_params={"dict": whose, "feature": str(picked[1]), **session.share_query(whose)},
+        )
+
+
+def matching_section() -> None:
+    """The known matchings' summary (shared at τ, orphans), certificates, orphans tables and
+    exports; a matching whose pairs' cosines or orphans' comparisons are still computing shows
+    its bar here and joins once they arrive."""
+    matched_labels = [label for label, r in results.items() if r["m"] is not None]
+    if not matched_labels:
+        return
+    st.subheader("One-to-one matching: shared features and orphans")
+    c1, c2 = st.columns([1, 3])
+    tau = matching_ui.tau_control(c1, "sim_tau")
+    criterion = matching_ui.criterion_control(c2, "sim_criterion")
+    st.caption(f"Matched by {directions} directions (the Directions control above). {SHARED_NOTE}")
+    details = {}
+    waiting: list[Job] = []
+    for label in matched_labels:
+        a_name, b_name = label.split(SEP)
+        a, b, m = dicts[a_name], dicts[b_name], results[label]["m"]
+        try:
+            pairs = background.outcome(
+                store.matched_work(a, b, m, directions, f"matched pairs {label}")
+            )
+            if isinstance(pairs, Job):
+                waiting.append(pairs)
+                continue
+            orph = {
+                "a": store.orphans_outcome(pairs, (a_name, a), (b_name, b), "a", tau, criterion),
+                "b": store.orphans_outcome(pairs, (b_name, b), (a_name, a), "b", tau, criterion),
+            }
+        except SAEError as e:
+            show_error(e, label)
+            continue
+        if background.pending(*orph.values()):
+            waiting += background.pending(*orph.values())
+            continue
+        details[label] = (a_name, b_name, a, b, m, pairs, orph)
+    waiting = [job for job in dict.fromkeys(waiting) if job not in computing]
+    background.progress_bars(waiting)
+    computing.extend(waiting)  # the heatmap below draws no second bar for them
+    if not details:
+        return
+    summary = pd.DataFrame(
+        [
+            summary_row(label, m, shared_summary(pairs, tau, criterion))
+            for label, (*_, m, pairs, _) in details.items()
+        ]
+    )
+    st.dataframe(
+        summary, hide_index=True, key="matching_summary",
+        column_config={
+            **{c: st.column_config.NumberColumn(format="%.3f")
+               for c in ("mean matched cos", "shared (dec & enc)", "shared (decoder)")},
+            "objective": st.column_config.NumberColumn(format="%.4f"),
+            "bound": st.column_config.NumberColumn(format="%.4f"),
+            **{c: st.column_config.Column(width="small") for c in ("pairs", "certified", "rounds")},
+        },
+    )  # fmt: skip
+    key = f"{directions}_{tau}_{criterion}"
+    for tab, (label, (a_name, b_name, a, b, m, pairs, orph)) in zip(
+        st.tabs(list(details)), details.items(), strict=True
+    ):
+        with tab:
+            st.markdown(
+                certificate_markdown(m.method, m.certified, m.total, m.bound, m.tolerance,
+                                     m.rounds)
+            )  # fmt: skip
+            orphans_section(label, "a", a_name, b_name, orphans_table(orph["a"], pairs), key)
+            orphans_section(label, "b", b_name, a_name, orphans_table(orph["b"], pairs), key)
+            matching_ui.downloads(
+                st.container(), (a_name, b_name), a, b, m, pairs, tau, criterion, key=label
+            )
 
 
 if results:

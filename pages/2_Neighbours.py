@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import background, frame, links, session, store
+from dashboard import background, frame, links, matching_ui, session, store
 from dashboard.feedback import is_demo, show_error
-from dashboard.text import context_markdown, context_plain, demo_note
+from dashboard.matching_tables import feature_match, step_orphan
+from dashboard.text import context_markdown, context_plain, demo_note, feature_match_markdown
 from sae_backend import SAEError
 from sae_backend.errors import InputError
 from sae_backend.geometry.neighbours import check_feature, feature_neighbours
@@ -115,6 +116,10 @@ k = c1.slider("Neighbours per dictionary", 1, 100, 10)
 directions = c2.radio("Rank by", ["decoder", "encoder"], horizontal=True)
 small = all(x.n_features <= 4096 for x in dicts.values())
 show_match = c3.checkbox("One-to-one match", value=small, help="optimal matching, once per pair")
+if show_match:  # what the matching means: shared at τ, or an orphan (issue 12)
+    c1, c2, _ = st.columns([1, 2, 3])
+    tau = matching_ui.tau_control(c1, "nb_tau")
+    criterion = matching_ui.criterion_control(c2, "nb_criterion")
 
 if bad_feature is not None:
     show_error(bad_feature, name)
@@ -159,6 +164,49 @@ def partner(target: str) -> tuple[int, float] | Job | None:
     return None if j < 0 else (j, float(m.cosine[pos]))
 
 
+# --- This feature in the one-to-one matching with each dictionary (issue 12) ---------------
+def match_status(target: str) -> None:
+    """Shared at τ or an orphan in the matching of this dictionary with `target`; an orphan's
+    max-cos partner and who took it. Buttons open them and step through the orphans."""
+    other = dicts[target]
+    try:
+        pairs = store.matched_outcome(d, other, directions, f"{name} → {target}")
+        o = pairs
+        if not isinstance(pairs, Job):
+            o = store.orphans_outcome(pairs, (name, d), (target, other), "a", tau, criterion)
+    except SAEError as e:
+        show_error(e, f"matching with {target}")
+        return
+    if isinstance(pairs, Job) or isinstance(o, Job):
+        background.progress_bars(background.pending(pairs, o)[:1])  # the one they wait for
+        return
+    fm = feature_match(pairs, o, feature, bool(d.alive[feature]))
+    st.markdown(
+        feature_match_markdown(
+            name, target, fm.status, tau, criterion, partner=fm.partner,
+            decoder_cos=fm.decoder_cos, encoder_cos=fm.encoder_cos, nearest=fm.nearest,
+            nearest_cos=fm.nearest_cos, taken_by=fm.taken_by,
+        )
+    )  # fmt: skip
+    opens = []  # (label, dictionary, feature)
+    if fm.partner is not None:
+        opens.append((f"partner {target} #{fm.partner}", target, fm.partner))
+    if fm.nearest is not None and fm.nearest != fm.partner:
+        opens.append((f"max-cos partner {target} #{fm.nearest}", target, fm.nearest))
+    if fm.taken_by is not None and fm.taken_by != feature:
+        opens.append((f"taken by {name} #{fm.taken_by}", name, fm.taken_by))
+    for step_, arrow in ((-1, "◀ previous orphan"), (1, "next orphan ▶")):
+        new = step_orphan(o.feature, feature, step_)
+        if new is not None and new != feature:
+            opens.append((arrow, name, new))
+    row = st.container(horizontal=True)
+    for label, where, f in opens:
+        row.button(
+            label, key=f"match_{target}_{label}", on_click=open_feature, args=(where, f),
+            help=f"{len(o):,} orphans of {name} vs {target}" if "orphan" in label else None,
+        )  # fmt: skip
+
+
 for target in [name] + [n for n in names if n != name]:
     if target not in dicts:
         st.caption(f"{target}: loading (its bar is at the top).")
@@ -185,7 +233,8 @@ for target in [name] + [n for n in names if n != name]:
         background.progress_bars([pair])
     elif pair is not None:
         table["1-to-1"] = np.where(nb.index == pair[0], "✓", "")
-        st.caption(f"One-to-one match: feature {pair[0]} (cosine {pair[1]:.3f}).")
+    if show_match and target != name and not isinstance(pair, Job):  # a Job: its bar is above
+        match_status(target)
     if other.density is not None:
         table["density"] = other.density[nb.index]
     other_ctx = store.contexts(target)

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import background, charts, frame, session, store
+from dashboard import background, charts, frame, matching_ui, session, store
 from dashboard.feedback import show_error
-from dashboard.text import context_hover, context_markdown
+from dashboard.matching_tables import point_status
+from dashboard.text import CRITERION_LABELS, STATUS_LABELS, context_hover, context_markdown
 from sae_backend import SAEError
 from sae_backend.geometry.neighbours import feature_neighbours
 from sae_backend.jobs import Job
@@ -38,7 +39,13 @@ min_dist = c4.number_input("min_dist", 0.0, 1.0, UMAP_DEFAULTS["min_dist"], step
 seed = c5.number_input("seed", 0, 10_000, UMAP_DEFAULTS["seed"])
 colour_options = ["dictionary", "within-dictionary max cos", "density"]
 colour_options += [f"max cos to {n}" for n in names]
+STATUS_VS = "match status vs "  # issue 12: shared / matched below τ / unmatched, per point
+colour_options += [f"{STATUS_VS}{n}" for n in names if chosen != [n]]
 colour = st.selectbox("Colour by", colour_options)
+if colour.startswith(STATUS_VS):
+    c1, c2, _ = st.columns([1, 2, 3])
+    tau = matching_ui.tau_control(c1, "umap_tau")
+    criterion = matching_ui.criterion_control(c2, "umap_criterion")
 if not chosen:
     st.info("Choose at least one dictionary.")
     st.stop()
@@ -125,18 +132,70 @@ def metric_values() -> np.ndarray | None:  # [N] float, NaN where unknown
     return values
 
 
+def status_values(target_name: str) -> np.ndarray | None:  # [N] str
+    """Each point's status in a one-to-one matching with `target_name` (by the embedding's
+    directions): a feature of another dictionary X in the matching X → target; a feature of
+    the target itself (when embedded) on the target's side of the matching with the first
+    other embedded dictionary. None while a matching it needs is computing (its bar here)."""
+    from sae_backend.geometry.shared import feature_status
+
+    if target_name not in dicts:  # still loading: its bar is at the top
+        return None
+    target = dicts[target_name]
+    partner = next((n for n in chosen if n != target_name), None)
+    per_dict: list[np.ndarray | None] = []
+    computing = []
+    for n in chosen:  # n's side of the matching n → target, or the target's of partner → it
+        source, side = (n, "a") if n != target_name else (partner, "b")
+        if source is None:
+            continue
+        pairs = store.matched_outcome(
+            dicts[source], target, directions, f"{source} → {target_name}"
+        )
+        if isinstance(pairs, Job):
+            computing.append(pairs)
+            continue
+        this = dicts[n]
+        per_dict.append(
+            feature_status(pairs, side, this.n_features, this.alive_index, tau, criterion)
+        )
+    if computing:
+        st.caption(f"Colour by {colour}: computing; meanwhile coloured by dictionary.")
+        background.progress_bars(list(dict.fromkeys(computing)))
+        return None
+    return point_status(emb.dict_index, emb.feature, per_dict)
+
+
 ctx = {n: store.contexts(n) for n in chosen}
 pairs = zip(emb.dict_index, emb.feature, strict=True)
 hover = np.array([context_hover(ctx[chosen[int(k)]], f) for k, f in pairs], dtype=object)
 # hover: [N] the strongest context of each point ('' outside the real demo)
 try:
-    values = None if colour == "dictionary" else metric_values()
+    status = status_values(colour.removeprefix(STATUS_VS)) if colour.startswith(STATUS_VS) else None
+    if status is not None:
+        target_name = colour.removeprefix(STATUS_VS)
+        fig, traces = charts.match_status_scatter(emb, chosen, hover, status, STATUS_LABELS)
+        others = [n for n in chosen if n != target_name]
+        own = (
+            f" Points of {target_name} itself: their status in the matching {others[0]} → "
+            f"{target_name}."
+            if target_name in chosen
+            else ""
+        )
+        st.caption(
+            f"Status of each point in the one-to-one matching ({directions}) of its dictionary "
+            f"with {target_name}: shared when {CRITERION_LABELS[criterion]} (τ = {tau:g}); "
+            f"orphans are matched below τ or unmatched.{own}"
+        )
+    else:
+        by_value = colour != "dictionary" and not colour.startswith(STATUS_VS)
+        values = metric_values() if by_value else None
+        fig, traces = charts.umap_scatter(
+            emb, chosen, hover, values, colour if values is not None else "dictionary"
+        )
 except SAEError as e:
     show_error(e)
     st.stop()
-fig, traces = charts.umap_scatter(
-    emb, chosen, hover, values, colour if values is not None else "dictionary"
-)
 event = st.plotly_chart(
     fig, key="umap", on_select="rerun", selection_mode=("points", "box", "lasso")
 )
