@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -73,6 +74,29 @@ def streamlit_server(
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, launched by Playwright (a module-scoped fixture's body)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@contextlib.contextmanager
+def toy_app(cache: Path, command: Sequence[str] | None = None) -> Iterator[str]:
+    """Base URL of a fresh server on the toy demo (SAE_DEMO=toy: its planted geometry gives
+    clicks known targets) with SAE_CACHE_DIR=`cache`: `streamlit run app.py` unless `command`
+    (given the port) says otherwise; stopped by its own pid at the end of the block."""
+    port = free_port()
+    argv = local_command(port) if command is None else [*command, "--server.port", str(port)]
+    env = {"SAE_CACHE_DIR": str(cache), "SAE_DEMO": "toy"}
+    with streamlit_server(argv, env, cache / "streamlit.log", port) as (url, _):
+        yield url
 
 
 def local_command(port: int) -> list[str]:

@@ -17,13 +17,11 @@ from itertools import pairwise
 import pytest
 
 from tests.browser_support import (
-    ARGS,
     CHROMIUM,
     assert_no_exception,
-    free_port,
-    local_command,
+    chromium,
     shot,
-    streamlit_server,
+    toy_app,
     wait_rendered,
 )
 
@@ -32,28 +30,22 @@ pytestmark = pytest.mark.browser
 PAGES = {"home": "/", "similarity": "/Similarity", "neighbours": "/Neighbours", "umap": "/UMAP",
          "families": "/Families", "geometry": "/Geometry", "status": "/Status"}  # fmt: skip
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Base URL of a fresh `streamlit run app.py`; stopped (by its own pid) afterwards."""
-    port = free_port()
-    cache = tmp_path_factory.mktemp("browser_cache")
-    # the toy demo (SAE_DEMO=toy): its planted geometry gives the clicks below known targets
-    env = {"SAE_CACHE_DIR": str(cache), "SAE_DEMO": "toy"}
-    with streamlit_server(local_command(port), env, cache / "streamlit.log", port) as (url, _):
+    """Base URL of a fresh `streamlit run app.py` on the toy demo; stopped afterwards."""
+    with toy_app(tmp_path_factory.mktemp("browser_cache")) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture()

@@ -17,14 +17,13 @@ import time
 import pytest
 
 from tests.browser_support import (
-    ARGS,
     CHROMIUM,
     LOCAL_SERVER,
     ROOT,
     assert_no_exception,
-    free_port,
+    chromium,
     shot,
-    streamlit_server,
+    toy_app,
     wait_rendered,
 )
 
@@ -34,7 +33,7 @@ SLOW_S = 12.0  # seconds per top-k pass of compare(): long beside drawing a page
 BAR = '[data-testid="stProgress"]'
 CHART = '[data-testid="stPlotlyChart"] .main-svg'
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
@@ -42,21 +41,16 @@ if not CHROMIUM.exists():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Base URL of the slowed app on the toy demo; stopped (by its own pid) afterwards."""
-    port = free_port()
-    cache = tmp_path_factory.mktemp("slow_cache")
     command = [sys.executable, str(ROOT / "tests" / "slow_server.py"), str(SLOW_S),
-               *LOCAL_SERVER, "--server.address", "127.0.0.1", "--server.port", str(port)]  # fmt: skip
-    env = {"SAE_CACHE_DIR": str(cache), "SAE_DEMO": "toy"}
-    with streamlit_server(command, env, cache / "streamlit.log", port) as (url, _):
+               *LOCAL_SERVER, "--server.address", "127.0.0.1"]  # fmt: skip
+    with toy_app(tmp_path_factory.mktemp("slow_cache"), command) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
