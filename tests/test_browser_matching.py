@@ -22,19 +22,17 @@ from sae_backend.demo import demo_sources
 from sae_backend.geometry.compare import compare, match
 from sae_backend.geometry.shared import feature_status, matched_pairs, orphans
 from tests.browser_support import (
-    ARGS,
     CHROMIUM,
     assert_no_exception,
-    free_port,
-    local_command,
+    chromium,
     shot,
-    streamlit_server,
+    toy_app,
     wait_rendered,
 )
 
 pytestmark = pytest.mark.browser
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
@@ -48,20 +46,15 @@ def toy_demo(monkeypatch):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Base URL of a fresh `streamlit run app.py` on the toy demo; stopped by its own pid."""
-    port = free_port()
-    cache = tmp_path_factory.mktemp("browser_cache")
-    env = {"SAE_CACHE_DIR": str(cache), "SAE_DEMO": "toy"}
-    with streamlit_server(local_command(port), env, cache / "streamlit.log", port) as (url, _):
+    """Base URL of a fresh `streamlit run app.py` on the toy demo; stopped afterwards."""
+    with toy_app(tmp_path_factory.mktemp("browser_cache")) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture()
@@ -120,11 +113,20 @@ def test_orphans_list_then_a_click_opens_the_feature_on_neighbours(server, page)
     table_b.scroll_into_view_if_needed()
     shot(page, "matching_similarity_orphans_of_b")
     # A click on the third row's feature cell (rows are 35 px under a 35 px header) offers
-    # that feature's Neighbours page; the link opens it.
-    box = table.bounding_box()
-    page.mouse.click(box["x"] + 15, box["y"] + 35 * 3 + 17)
+    # that feature's Neighbours page; the link opens it. The grid can map a click by where it
+    # was drawn before the page's container scrolled (to B's table above), selecting nothing:
+    # scroll back, and click again until the page has answered with the link.
     feature = int(o.feature[2])
     link = page.get_by_role("link", name=f"Open toy-a feature {feature} on the Neighbours page")
+    for _ in range(4):
+        page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollTo(0, 0)")
+        page.wait_for_timeout(500)
+        box = table.bounding_box()
+        page.mouse.move(box["x"] + 15, box["y"] + 35 * 3 + 17)
+        page.mouse.click(box["x"] + 15, box["y"] + 35 * 3 + 17)
+        wait_rendered(page)
+        if link.count():
+            break
     link.wait_for(timeout=60_000)
     wait_rendered(page)
     shot(page, "matching_similarity_orphan_clicked")
