@@ -73,6 +73,12 @@ def demo_loaded():
 
 
 @pytest.fixture
+def toy(demo_loaded):
+    """The toy demo's dictionaries by name, as the pages hold them."""
+    return {n: background.now(store.dictionary_work(Entry(u))) for n, u in demo_sources().items()}
+
+
+@pytest.fixture
 def slow_compare(monkeypatch, gate, demo_loaded):
     """compare()'s top-k pass waits for the gate (after reporting that it started)."""
     real = compare_module.topk_cosine
@@ -298,3 +304,46 @@ def test_jobs_run_at_a_lower_cpu_priority_than_the_pages():
     page_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     job_nice = background.now(background.Work("nice", compute, "nice"))
     assert job_nice == min(19, page_nice + background.JOB_NICE) > page_nice
+
+
+def test_families_and_geometry_show_their_controls_and_bars_while_computing(slow_compare, toy):
+    """Issue 11's pages never block either: with compare's top-k shut, Families shows its
+    controls and a bar for the families (their tree-mode edges are compare passes); Geometry
+    a bar for the frame (its coherence is a compare pass) and, once they are done, the
+    absorption signatures (their own pass) beside it. Once the gate opens they show the
+    backend's numbers."""
+    from dashboard.tables import absorption_table
+    from sae_backend.geometry.absorption import absorption
+    from sae_backend.geometry.families import families
+    from sae_backend.geometry.frame import frame
+
+    fam_page = page("pages/5_Families.py", ladder="toy-a,toy-b")
+    ok(fam_page)
+    assert fam_page.multiselect(key="fam_ladder").value == ["toy-a", "toy-b"]
+    assert fam_page.slider(key="fam_tau").value == 0.5
+    assert [b.split(":")[0] for b in bars(fam_page)] == ["families across toy-a → toy-b (τ = 0.5)"]
+    assert not fam_page.dataframe  # no counts yet
+    geo_page = page("pages/6_Geometry.py", dict="toy-b")
+    ok(geo_page)
+    assert "frame geometry of toy-b" in [b.split(":")[0] for b in bars(geo_page)]
+    assert not geo_page.metric  # the frame's numbers: not yet
+    # the absorption signatures are a pass of their own: once they are done, a bar's rerun
+    # shows them while the frame still waits at the gate
+    background.now(store.absorption_work(toy["toy-b"], 1))
+    geo_page.session_state[background.BY_A_BAR] = True
+    geo_page.run()
+    ok(geo_page)
+    assert "frame geometry of toy-b" in [b.split(":")[0] for b in bars(geo_page)]
+    assert not geo_page.metric
+    want = absorption_table(absorption(toy["toy-b"], k=1), "toy-b")
+    assert list(geo_page.dataframe[0].value["feature"]) == list(want["feature"])
+    slow_compare.open()
+    settle(fam_page)
+    ok(fam_page)
+    c = families([toy["toy-a"], toy["toy-b"]], tau=0.5).counts()[0]
+    row = fam_page.dataframe[0].value.set_index("level").loc["toy-a → toy-b"]
+    assert [row["stable"], row["split"], row["novel"]] == [c.stable, c.split, c.novel]
+    settle(geo_page)
+    ok(geo_page)
+    metrics = {m.label: m.value for m in geo_page.metric}
+    assert metrics["mutual coherence"] == f"{frame(toy['toy-b']).coherence:.3f}"
