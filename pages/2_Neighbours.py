@@ -171,14 +171,15 @@ def match_status(target: str) -> None:
     other = dicts[target]
     try:
         pairs = store.matched_outcome(d, other, directions, f"{name} → {target}")
-        o = pairs
-        if not isinstance(pairs, Job):
-            o = store.orphans_outcome(pairs, (name, d), (target, other), "a", tau, criterion)
+        if isinstance(pairs, Job):  # the matching, then its pairs' cosines
+            background.progress_bars([pairs])
+            return
+        o = store.orphans_outcome(pairs, (name, d), (target, other), "a", tau, criterion)
     except SAEError as e:
         show_error(e, f"matching with {target}")
         return
-    if isinstance(pairs, Job) or isinstance(o, Job):
-        background.progress_bars(background.pending(pairs, o)[:1])  # the one they wait for
+    if isinstance(o, Job):  # the comparison that names each orphan's max-cos partner
+        background.progress_bars([o])
         return
     fm = feature_match(pairs, o, feature, bool(d.alive[feature]))
     st.markdown(
