@@ -149,7 +149,7 @@ def known_comparisons() -> None:
         "alignment with A); none for 'within A', whose cosines a rotation leaves unchanged."
     )
     table = pd.DataFrame([r["row"] for r in results.values()])
-    st.dataframe(table, hide_index=True)
+    st.dataframe(table, hide_index=True, placeholder="—")  # none: not asked for, or not yet
 
     def per_feature_csv() -> str:
         """Every shown comparison's per-feature numbers; built only when downloaded (large)."""
