@@ -17,8 +17,11 @@ it; every number comes from `sae_backend`. One module per concern:
     ladder   pure: the Families page's default ladder and its URL state
     tables   pure: the Families and Geometry pages' tables, copied from backend results
     links    same-tab links between Neighbours, Families and Geometry; the session's ladder
+    matching_tables  pure: what a one-to-one matching means (orphans, statuses) as tables
+    matching_ui      the matching's τ and criterion (one choice per session) and downloads
 
 Imports go one way, without cycles: text, feedback and background at the bottom, session on
 them, store and uploads above, frame on top; only pages import the frame. ladder and tables
-import only the backend; links imports session and ladder.
+import only the backend; links imports session and ladder; matching_tables imports text,
+matching_ui session and feedback.
 """
