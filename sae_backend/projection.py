@@ -33,7 +33,6 @@ from .cache import ArrayCache, make_key, resolve_cache, through
 from .dictionary import Dictionary
 from .errors import InputError
 from .geometry.compare import check_comparable
-from .geometry.topk import topk_cosine
 from .types import Directions, Float32, Int32, Int64, Progress
 
 __all__ = [
@@ -130,6 +129,8 @@ def knn_graph(
     distance 1 - cos (ascending; ties towards the lower index), clipped to [0, 2] so float32
     rounding never makes a distance negative.
     """
+    from .geometry.topk import topk_cosine  # torch: only when a graph is computed
+
     n = int(x.shape[0])
     top = topk_cosine(x, None, n_neighbors - 1, device=device, progress=progress)
     indices = np.empty((n, n_neighbors), dtype=np.int64)

@@ -71,13 +71,15 @@ class Bar:
         self.total, self.what, self.unit = total, what, unit
 
     def __enter__(self) -> Progress:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, desc=self.what, unit=self.unit, file=sys.stderr,
-                        disable=None, leave=False)  # fmt: skip
+        self.bar: Any = None  # made at the first update: a cached answer needs no tqdm
         return self.update
 
     def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.what, unit=self.unit, file=sys.stderr,
+                            disable=None, leave=False)  # fmt: skip
         if total != self.bar.total:
             self.bar.total = total
         self.bar.update(done - self.bar.n)
@@ -88,18 +90,19 @@ class Bar:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def download_progress() -> DownloadProgress:
     """progress(done, total, what) for downloads, printed as a tqdm bar per file."""
-    from tqdm import tqdm
-
     bars: dict[str, Any] = {}
 
     def update(done: int, total: int | None, what: str) -> None:
         bar = bars.get(what)
         if bar is None:
+            from tqdm import tqdm
+
             bar = bars[what] = tqdm(total=total, desc=what, unit="B", unit_scale=True,
                                     file=sys.stderr, disable=None, leave=False)  # fmt: skip
         bar.update(done - bar.n)

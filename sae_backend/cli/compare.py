@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from ..errors import SAEError
 from ..geometry.compare import MAX_K
@@ -66,31 +62,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_csv(path: Path, res: Comparison, matched: Matching | None, k: int) -> None:
-    """The compare table, one row per included feature of A, written whole or not at all."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
+    """The compare table, one row per included feature of A, written whole or not at all.
+
+    The layout of the csv module's default dialect (comma, CRLF; no field here needs
+    quoting), built a column at a time from Python lists: 46,080 rows in a fraction of
+    csv.writer's time, which a cached answer would otherwise mostly spend here."""
     header = ["feature", "max_cos", "nearest"]
+    columns = [
+        [str(f) for f in res.a_index.tolist()],
+        [f"{v:.7f}" for v in res.values[:, 0].tolist()],
+        [str(j) for j in res.indices[:, 0].tolist()],
+    ]
     if k > 1:
         header += ["neighbours", "cosines"]
+        columns.append([" ".join(map(str, row)) for row in res.indices.tolist()])
+        columns.append([" ".join(f"{v:.7f}" for v in row) for row in res.values.tolist()])
     if matched is not None:
         header += ["matched", "matched_cos"]
-    w.writerow(header)
-    for row in range(len(res.a_index)):
-        line: list[object] = [
-            int(res.a_index[row]),
-            f"{res.values[row, 0]:.7f}",
-            int(res.indices[row, 0]),
-        ]
-        if k > 1:
-            line += [
-                " ".join(str(int(i)) for i in res.indices[row]),
-                " ".join(f"{v:.7f}" for v in res.values[row]),
-            ]
-        if matched is not None:
-            j, c = int(matched.b_index[row]), float(matched.cosine[row])
-            line += [j, "" if np.isnan(c) else f"{c:.7f}"]
-        w.writerow(line)
-    write_atomic(path, buf.getvalue())
+        columns.append([str(j) for j in matched.b_index.tolist()])
+        columns.append(["" if c != c else f"{c:.7f}" for c in matched.cosine.tolist()])  # NaN: ""
+    lines = [",".join(header), *(",".join(fields) for fields in zip(*columns, strict=True))]
+    write_atomic(path, "\r\n".join(lines) + "\r\n")
 
 
 def print_summary(

@@ -18,9 +18,11 @@ from ..cache import ArrayCache, make_key, through
 from ..dictionary import Dictionary
 from ..errors import InputError
 from ..types import DIRECTIONS, Directions, Float32, Int64, Progress
-from .matching import DoubleCounting, Matching, double_counting, match_one_to_one
+from .matching import DoubleCounting, Matching, double_counting
 from .stats import Summary, summarize
-from .topk import TopK, topk_cosine
+
+# torch (topk) and scipy (matching's solvers) are imported inside the computations below, so
+# a cached answer is read without them (`python -m sae_backend compare` on a warm cache)
 
 MAX_K = 100
 
@@ -111,8 +113,10 @@ def compare(
         raise InputError(f"k must be between 1 and {min(MAX_K, n_targets)}, got {k}")
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:
-        va = a.directions(directions)[ia]
-        vb = None if b is None else b.directions(directions)[ib]
+        from .topk import topk_cosine
+
+        va = _rows(a, directions, ia)
+        vb = None if b is None else _rows(b, directions, ib)
         res = topk_cosine(va, vb, k, device=device, progress=progress)
         return {"values": res.values, "indices": ib[res.indices]}, {}
 
@@ -146,24 +150,24 @@ def match(
     Raises InputError for a `forward` that is not a comparison of A with B by `directions`.
     """
     ia, ib = a.alive_index, b.alive_index
-    fwd = None
-    if forward is not None:
-        if (forward.a_fingerprint, forward.b_fingerprint, forward.directions) != (
-            a.fingerprint,
-            b.fingerprint,
-            directions,
-        ):
-            raise InputError(
-                f"forward is not a {directions} comparison of {a.meta.source} with "
-                f"{b.meta.source}; pass compare(a, b, directions={directions!r}, k=...)"
-            )
-        if forward.values.shape[1] >= k_candidates:
+    if forward is not None and (
+        forward.a_fingerprint, forward.b_fingerprint, forward.directions
+    ) != (a.fingerprint, b.fingerprint, directions):
+        raise InputError(
+            f"forward is not a {directions} comparison of {a.meta.source} with "
+            f"{b.meta.source}; pass compare(a, b, directions={directions!r}, k=...)"
+        )
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
+        from .matching import match_one_to_one
+        from .topk import TopK
+
+        fwd = None
+        if forward is not None and forward.values.shape[1] >= k_candidates:
             position = np.full(b.n_features, -1, np.int64)
             position[ib] = np.arange(len(ib))
             fwd = TopK(forward.values, position[forward.indices])
-
-    def compute() -> tuple[dict[str, np.ndarray], dict]:
-        va, vb = a.directions(directions)[ia], b.directions(directions)[ib]
+        va, vb = _rows(a, directions, ia), _rows(b, directions, ib)
         m = match_one_to_one(
             va, vb, k_candidates=k_candidates, dense_limit=dense_limit, device=device,
             progress=progress, forward=fwd,
@@ -178,6 +182,13 @@ def match(
     )  # fmt: skip
     arrays, meta = through(cache, key, compute)
     return Matching(arrays["b_index"], arrays["cosine"], **meta)
+
+
+def _rows(d: Dictionary, directions: Directions, index: np.ndarray) -> np.ndarray:
+    """The unit rows of `index` (the alive features): the dictionary's own array, not a
+    140 MB copy, when every feature is alive."""
+    rows = d.directions(directions)
+    return rows if len(index) == len(rows) else rows[index]
 
 
 # Matching's fields besides its two arrays: stored as JSON (floats round-trip exactly, NaN too).

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
 from ..errors import InputError
-from .topk import TopK, topk_cosine
+
+if TYPE_CHECKING:  # scipy and torch (topk) are imported where a matching is computed, so
+    # the result types here load without them (a cached answer needs neither)
+    from .topk import TopK
 
 Progress = Callable[[int, int], None]
 
@@ -106,6 +107,8 @@ def match_one_to_one(
 
 def _hungarian(a: np.ndarray, b: np.ndarray, progress: Progress | None) -> Matching:
     """Exact optimum on the dense float64 cosine matrix [n_a, n_b] (small by construction)."""
+    from scipy.optimize import linear_sum_assignment
+
     cos = a.astype(np.float64) @ b.astype(np.float64).T  # [n_a, n_b]
     rows, cols = linear_sum_assignment(cos, maximize=True)
     bound = _upper_bound(cos.max(axis=1), cos.max(axis=0))
@@ -123,6 +126,9 @@ def _sparse(
     forward: TopK | None = None,
 ) -> Matching:
     """Optimal matching among the union of top-k candidate pairs in both directions."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
+
     n_a, n_b = a.shape[0], b.shape[0]
     rows, cols = _candidate_pairs(a, b, k, device, progress, forward)
     cos = _pair_cosines(a, b, rows, cols)  # [n_edges] float64
@@ -160,6 +166,9 @@ def _max_cardinality_matching(
     u > min(n_a, n_b) + 1 makes one more real pair always worth more than any change of the
     cosine total, so the result has maximum cardinality and, among those, maximum total.
     """
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
     u = float(min(n_a, n_b) + 2)
     ia, ib = np.arange(n_a), np.arange(n_b)
     r = np.concatenate([rows, ia, n_a + ib, n_a + cols])
@@ -180,6 +189,8 @@ def _candidate_pairs(
     forward: TopK | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unique (row of A, row of B) pairs from top-k in both directions, sorted by (row, col)."""
+    from .topk import TopK, topk_cosine
+
     n_a, n_b = a.shape[0], b.shape[0]
     total = n_a + n_b
     fwd_progress = (lambda done, _n: progress(done, total)) if progress else None

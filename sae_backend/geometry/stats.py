@@ -15,7 +15,6 @@ import numpy as np
 
 from ..cache import ArrayCache, make_key, through
 from ..errors import InputError
-from .topk import topk_cosine
 
 # Rows per block for row-wise float64 work, and (boots x samples) elements per bootstrap chunk.
 _ROW_BLOCK = 8192
@@ -131,6 +130,8 @@ def random_null(
         raise InputError(f"k={k} must be between 1 and {limit} (the number of candidates)")
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:
+        from .topk import topk_cosine  # torch: only when computed
+
         rng = np.random.default_rng(seed)
         a = random_unit_rows(n_a, d, rng)
         b = None if n_b is None else random_unit_rows(n_b, d, rng)
