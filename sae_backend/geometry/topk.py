@@ -374,14 +374,19 @@ class _Bf16Scorer(_Bf16Bound):
         n_b, d = b.shape
         self.n_groups = -(-n_b // GROUP)
         self.pad = self.n_groups * GROUP - n_b
-        b16 = b.to(torch.bfloat16)
-        if self.pad:
-            b16 = torch.cat([b16, b16.new_zeros(self.pad, d)])
         # strided layout: group j holds B rows j*GROUP .. j*GROUP+GROUP-1, and member r of
         # group j sits in score column r*n_groups + j, so group maxima reduce over an outer
-        # axis (contiguous, fast) instead of 64-wide inner runs
-        self.b16_t = b16.view(self.n_groups, GROUP, d).transpose(0, 1).reshape(-1, d).T.contiguous()
-        del b16
+        # axis (contiguous, fast) instead of 64-wide inner runs. Built a slice of groups at a
+        # time: no whole bf16 copy of B beside it
+        self.b16_t = torch.zeros((d, self.n_groups * GROUP), dtype=torch.bfloat16, device=b.device)
+        layout = self.b16_t.view(d, GROUP, self.n_groups)  # [coordinate, member r, group j]
+        step = max(1, 8192 // GROUP)
+        for j0 in range(0, self.n_groups, step):
+            j1 = min(self.n_groups, j0 + step)
+            b16 = b[j0 * GROUP : min(n_b, j1 * GROUP)].to(torch.bfloat16)
+            if b16.shape[0] < (j1 - j0) * GROUP:  # the last group's padding: zero rows
+                b16 = torch.cat([b16, b16.new_zeros((j1 - j0) * GROUP - b16.shape[0], d)])
+            layout[:, :, j0:j1] = b16.view(j1 - j0, GROUP, d).permute(2, 1, 0)
         # groups kept per row (random data needs ~2k + 10); rows needing more fall back
         self.n_keep_groups = min(self.n_groups, max(k, int(np.ceil(2.5 * k)) + 24))
         self.max_pairs = 4 * k + 64  # candidates re-scored per row before falling back
