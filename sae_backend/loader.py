@@ -16,7 +16,7 @@ import hashlib
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ def load(
     format: str | None = None,
     progress: DownloadProgress | None = None,
     cache: ArrayCache | bool = True,
+    on_read: Callable[[], None] | None = None,
 ) -> Dictionary:
     """Load the SAE dictionary named by `uri` (a local path or wandb:/hf:/saelens: URI).
 
@@ -66,6 +67,8 @@ def load(
                  plus these options), False: none, or a given ArrayCache. It holds the
                  fingerprint and small arrays; the decoder and encoder rows are read from
                  the files when first used (`Dictionary.decoder`), the same way.
+    on_read:     called before the files are read (no cache, or not in it): lets a caller
+                 start what a computation will need (the CLI imports torch meanwhile).
     Raises an SAEError subclass (one-line message) for every expected problem.
     """
     if orientation is not None and orientation not in ("rows", "columns"):
@@ -95,6 +98,8 @@ def load(
             return unit_matrix(rows, kind, str(ref))
 
     def build() -> Dictionary:
+        if on_read is not None:
+            on_read()
         raw, name = _read(resolved.path, opts, format)
         if resolved.alive_indices is not None:
             raw.alive = _alive_mask(resolved.alive_indices, raw.decoder.shape[0], str(ref))

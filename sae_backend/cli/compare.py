@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..errors import SAEError
 from ..geometry.compare import MAX_K
 from ..types import DIRECTIONS
-from ._common import Bar, add_compute_options, add_load_options, load_source, write_atomic
+from ._common import Bar, add_compute_options, add_load_options, load_sources, write_atomic
 
 if TYPE_CHECKING:
     from ..dictionary import Dictionary
@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..geometry.compare import compare, match
 
-    a = load_source(args.src_a, args)
-    b = None if args.src_b is None else load_source(args.src_b, args)
+    a, *rest = load_sources([args.src_a, *([] if args.src_b is None else [args.src_b])], args)
+    b = rest[0] if rest else None
     if args.match and b is None:
         raise SAEError("--match needs two dictionaries (SRC_A SRC_B)")
     n_a = len(a.alive_index)
