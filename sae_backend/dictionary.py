@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ from .types import Directions, Float32, Int64
 
 # Rows whose norm is at most this (relative to the largest row) are treated as zero (dead).
 _ZERO_NORM = 1e-12
-_CHUNK_BYTES = 16 * 2**20  # float64 rows per chunk when normalising: cache-sized, not n x d
+_CHUNK_BYTES = 32 * 2**20  # float64 rows per chunk when normalising: bounded, not n x d
 
 
 class RowSource(Protocol):
@@ -111,6 +112,12 @@ class _UnitRows:
                 self.held[kind] = unit
             return self.held[kind]
 
+    def release(self, kind: Directions | None) -> None:
+        if self.reload is not None:
+            with self.lock:
+                for name in ("decoder", "encoder") if kind is None else (kind,):
+                    self.held.pop(name, None)
+
 
 @dataclass(frozen=True, eq=False)
 class Dictionary:
@@ -165,6 +172,11 @@ class Dictionary:
                 raise FormatError(f"{self.meta.source}: this dictionary has no encoder directions")
             return self._rows.get("encoder", self.meta.source)
         raise ValueError(f"unknown direction kind {kind!r}; use 'decoder' or 'encoder'")
+
+    def release(self, kind: Directions | None = None) -> None:
+        """Forget the held unit rows of `kind` (None: both) when they can be read again from
+        the files (else keep them): for a caller that holds its own copy meanwhile."""
+        self._rows.release(kind)
 
     def to_entry(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, JSON metadata) for the disk cache: everything but the unit rows, which
@@ -303,21 +315,49 @@ def unit_rows(
         raise src.nonfinite()
     scale = norms.max() if n else 0.0
     live = norms > _ZERO_NORM * max(scale, 1e-300)
+    divisor = np.where(live, norms, 1.0)
     if digest is not None:
         digest.update(f"{np.dtype(np.float32).str}{(n, d)};".encode())
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        raw = out[lo:hi] if out is not None else src.rows(lo, hi)
-        m64 = np.ascontiguousarray(np.asarray(raw).astype(np.float32, copy=False), np.float64)
-        unit = np.zeros_like(m64)
-        sel = live[lo:hi]
-        unit[sel] = m64[sel] / norms[lo:hi][sel, None]
-        unit32 = unit.astype(np.float32)
-        if digest is not None:
-            digest.update(unit32.data)
-        if out is not None:
-            out[lo:hi] = unit32
+    with _Hasher(digest) as hasher:
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            raw = out[lo:hi] if out is not None else src.rows(lo, hi)
+            m64 = np.ascontiguousarray(np.asarray(raw).astype(np.float32, copy=False), np.float64)
+            unit = out[lo:hi] if out is not None else np.empty((hi - lo, d), np.float32)
+            # the float64 quotient rounded to float32, as (m64 / norms).astype(float32) gives;
+            # dead rows (divided by 1 here) are zeroed after
+            np.divide(m64, divisor[lo:hi, None], out=unit, casting="same_kind")
+            unit[~live[lo:hi]] = 0.0
+            hasher.update(unit)
     return out, np.where(live, norms, 0.0).astype(np.float32)
+
+
+class _Hasher:
+    """Feeds chunks to a hashlib object from a thread, in order: hashlib lets go of the GIL
+    on big buffers, so hashing one chunk overlaps the arithmetic of the next."""
+
+    def __init__(self, digest: Any):
+        self.digest = digest
+        self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _Hasher:
+        if self.digest is not None:
+            self.thread.start()
+        return self
+
+    def update(self, chunk: np.ndarray) -> None:
+        if self.digest is not None:
+            self.queue.put(chunk)  # not written to again by the caller
+
+    def _run(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            self.digest.update(chunk.data)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.digest is not None:
+            self.queue.put(None)
+            self.thread.join()
 
 
 def unit_matrix(m: Rows, what: str, source: str) -> Float32[np.ndarray, "n d"]:

@@ -13,7 +13,9 @@ shared: each waiter then tries itself, so one session's interrupted run cannot f
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -141,3 +143,19 @@ def nbytes(obj: Any, depth: int = 3) -> int:
     else:
         return 0
     return sum(nbytes(c, depth - 1) for c in children)
+
+
+def return_free_memory() -> None:
+    """Give the heap's free memory back to the system (glibc's malloc_trim; elsewhere a no-op).
+
+    Why: glibc keeps freed blocks below its (growing) mmap threshold for reuse, so after a
+    large temporary computation (a top-k pass's bf16 copies and score blocks) the process's
+    resident size stays at its peak, and the next step's allocations stack on top of it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim  # glibc (musl has none: AttributeError)
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

@@ -153,3 +153,32 @@ def test_a_cached_compare_imports_no_torch_scipy_or_umap(tmp_path):
     cached = run("cached.csv")
     assert cached == {"code": 0, "heavy": []}
     assert (tmp_path / "cold.csv").read_bytes() == (tmp_path / "cached.csv").read_bytes()
+
+
+def test_release_forgets_only_rows_that_can_be_read_again(tmp_path):
+    p = planted()
+    loaded = load(str(write_saelens(tmp_path / "sae", p.decoder, p.encoder)))
+    want = loaded.decoder.copy()
+    loaded.release()
+    assert not loaded._rows.held
+    np.testing.assert_array_equal(loaded.decoder, want)  # read again
+    in_memory = Dictionary.from_raw(RawSAE(decoder=p.decoder, encoder=p.encoder), source="m",
+                                    format="t")  # fmt: skip
+    in_memory.release()  # nothing to read them from: kept
+    assert set(in_memory._rows.held) == {"decoder", "encoder"}
+
+
+def test_umap_reads_rows_only_to_compute_and_can_release_them(tmp_path):
+    from sae_backend.projection import umap_embedding
+
+    rng = np.random.default_rng(3)
+    paths = [write_saelens(tmp_path / name, rng.standard_normal((60, 8)), None)
+             for name in ("a", "b")]  # fmt: skip
+    dicts = [load(str(p)) for p in paths]
+    first = umap_embedding(dicts, n_neighbors=5, n_epochs=20, release_rows=True)
+    assert not any(d._rows.held for d in dicts)  # the CLI's memory: only the stacked copy
+    again = [load(str(p)) for p in paths]  # from the cache: nothing read
+    cached = umap_embedding(again, n_neighbors=5, n_epochs=20)
+    assert not any(d._rows.held for d in again)
+    np.testing.assert_array_equal(cached.xy, first.xy)
+    np.testing.assert_array_equal(cached.feature, first.feature)
