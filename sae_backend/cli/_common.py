@@ -84,7 +84,7 @@ def _prepare_compute() -> None:
 
         from ..geometry import _cpu_select
 
-        _cpu_select.kernel()
+        _cpu_select.kernel(quiet=True)
     except Exception:  # the computation itself will meet (and report) whatever failed here
         pass
 

@@ -13,8 +13,8 @@ kernel uses std::thread), and loading takes milliseconds.
 The build happens once per machine, at first use, into `<SAE_CACHE_DIR or ~/.cache>/
 sae_kernels/<digest>/`; the digest covers the source, the compiler, the flags and the CPU
 (`-march=native`), so a shared home folder never loads a build made for another CPU.
-Concurrent first uses build once (a lock file). `start_build()` lets the CLI compile in the
-background while dictionaries load. Without a compiler, or with `SAE_CPU_KERNEL=off`,
+Concurrent first uses build once (a lock file); the CLI builds it quietly in the background
+while dictionaries load (`kernel(quiet=True)`). Without a compiler, or with `SAE_CPU_KERNEL=off`,
 `kernel()` is None and topk.py keeps its torch selection: same results, slower.
 """
 
@@ -48,6 +48,7 @@ _FLAGS = ("-O3", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-pthrea
 _NATIVE = ("-march=native",)  # tried first; without it if the compiler refuses
 
 _lock = threading.Lock()
+_compiling = threading.Event()  # set while this process compiles
 _loaded: Kernel | None = None
 _failed: str | None = None
 
@@ -176,34 +177,34 @@ class Kernel:
         return out_v, out_i
 
 
-def kernel() -> Kernel | None:
-    """The kernel, built on first use (once per machine); None when it cannot be had."""
+def kernel(quiet: bool = False) -> Kernel | None:
+    """The kernel, built on first use (once per machine); None when it cannot be had.
+
+    A build takes a few seconds once: it says so on stderr when the caller waits for it,
+    unless `quiet` (the CLI builds quietly in the background while dictionaries load; a
+    computation that then has to wait for that build says so instead)."""
     global _loaded, _failed
     if _loaded is not None:
         return _loaded
     if settings.CPU_KERNEL.get() == "off":
         return None
-    with _lock:
+    if not _lock.acquire(blocking=False):
+        if _compiling.is_set() and not quiet:
+            print("waiting for the one-time build of the CPU top-k kernel...", file=sys.stderr)
+        _lock.acquire()
+    try:
         if _loaded is None and _failed is None:
             try:
-                _loaded = _load(_build())
+                _loaded = _load(_build(quiet))
             except (OSError, subprocess.SubprocessError, KernelUnavailable) as e:
                 _failed = str(e)
                 _log.warning(
                     "CPU selection kernel unavailable (%s); using the torch selection "
                     "(same results, slower)", _failed,
                 )  # fmt: skip
+    finally:
+        _lock.release()
     return _loaded
-
-
-def start_build() -> threading.Thread | None:
-    """Build (or load) the kernel in a background thread unless that is done or disabled; the
-    compiler runs as a subprocess, so this overlaps with the caller's own work."""
-    if _loaded is not None or _failed is not None or settings.CPU_KERNEL.get() == "off":
-        return None
-    thread = threading.Thread(target=kernel, name="sae-kernel-build", daemon=True)
-    thread.start()
-    return thread
 
 
 def is_built() -> bool:
@@ -255,7 +256,7 @@ def _cpu_identity() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _build() -> Path:
+def _build(quiet: bool = False) -> Path:
     """The library for this machine, compiled now if no build is on disk."""
     folder = _build_dir()
     lib = folder / _LIB
@@ -267,15 +268,20 @@ def _build() -> Path:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if lib.is_file():  # another process built it while we waited
             return lib
-        _compile(_compiler(), lib)
+        _compiling.set()
+        try:
+            _compile(_compiler(), lib, quiet)
+        finally:
+            _compiling.clear()
         return lib
     finally:
         os.close(fd)
 
 
-def _compile(cxx: str, lib: Path) -> None:
+def _compile(cxx: str, lib: Path, quiet: bool = False) -> None:
     """Compile SOURCE into `lib` (atomically), natively optimised if the compiler can."""
-    print(f"compiling the CPU top-k kernel once for this machine ({cxx})...", file=sys.stderr)
+    if not quiet:
+        print(f"compiling the CPU top-k kernel once for this machine ({cxx})...", file=sys.stderr)
     t0 = time.perf_counter()
     error = "failed"
     for flags in (_NATIVE + _FLAGS, _FLAGS):
