@@ -154,6 +154,14 @@ class Dictionary:
         return int(self.alive.shape[0])
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays once its unit rows are read (decoder, and encoder if any): what
+        a memory budget must count for it, whether or not they are read yet."""
+        small = sum(a.nbytes for a in (self.decoder_norms, self.alive, self.density)
+                    if a is not None)  # fmt: skip
+        return small + self.n_features * self.d_model * 4 * (2 if self.has_encoder else 1)
+
+    @property
     def n_alive(self) -> int:
         return int(self.alive.sum())
 

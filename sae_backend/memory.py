@@ -127,9 +127,13 @@ class MemoryLRU:
 
 def nbytes(obj: Any, depth: int = 3) -> int:
     """Bytes of the numpy arrays `obj` holds: itself, or in its fields, tuples, lists and dicts
-    (a Dictionary, a Comparison, a Matching); views of one base count once per view."""
+    (a Comparison, a Matching), or its own `nbytes` (a Dictionary, whose unit rows are read
+    on first use, counts them as held); views of one base count once per view."""
     if isinstance(obj, np.ndarray):
         return int(obj.nbytes)
+    declared = getattr(obj, "nbytes", None)  # an object that reads arrays lazily says its size
+    if isinstance(declared, int):
+        return declared
     if depth == 0 or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
         return 0
     if isinstance(obj, dict):

@@ -182,3 +182,16 @@ def test_umap_reads_rows_only_to_compute_and_can_release_them(tmp_path):
     assert not any(d._rows.held for d in again)
     np.testing.assert_array_equal(cached.xy, first.xy)
     np.testing.assert_array_equal(cached.feature, first.feature)
+
+
+def test_a_memory_budget_counts_rows_not_read_yet(tmp_path):
+    """The hosted store measures a dictionary when it stores it: rows read later must count."""
+    from sae_backend.memory import nbytes
+
+    p = planted(d=12)
+    folder = write_saelens(tmp_path / "sae", p.decoder, p.encoder)
+    load(str(folder))
+    cached = load(str(folder))
+    assert not cached._rows.held
+    whole = cached.decoder.nbytes + cached.encoder.nbytes + cached.decoder_norms.nbytes
+    assert nbytes(cached) == whole + cached.alive.nbytes
