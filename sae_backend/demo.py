@@ -1,9 +1,10 @@
 """The bundled demos: the real one (SAEs trained on SmolLM2-135M) and a TOY one for tests.
 
-Real demo (`demo_sources()`, what the dashboard opens with): four small SAEs trained here by
+Real demo (`demo_sources()`, what the dashboard opens with): six small SAEs trained here by
 `scripts/build_demo.py` on SmolLM2-135M-Instruct's layer-15 residual stream, shipped in
-`sae_backend/demo_data/` (float16; two as e2e_sae checkpoints, two as SAELens folders, so the
-demo also exercises those loaders), with `manifest.json` (settings, measured metrics) and
+`sae_backend/demo_data/` (float16; three as e2e_sae checkpoints, three as SAELens folders, so
+the demo also exercises those loaders), with `manifest.json` (settings, measured metrics; its
+`ladder` names one recipe at 1x, 2x, 4x and 8x d_model, narrowest first) and
 `contexts/<name>.json.gz` (each fired feature's top activating text windows, read with
 `demo_contexts`). Setting the environment variable `SAE_DEMO=toy` makes `demo_sources()`
 return the toy demo instead (the app tests use it: its geometry is planted, so shown numbers

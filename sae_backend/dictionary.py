@@ -112,6 +112,14 @@ class _UnitRows:
                 self.held[kind] = unit
             return self.held[kind]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled copy (Ray's object store) keeps the rows it was given, not the lock or
+        # the reader: it may live where the files are not
+        return {"held": dict(self.held)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["held"], None)  # type: ignore[misc]
+
     def release(self, kind: Directions | None) -> None:
         if self.reload is not None:
             with self.lock:
@@ -185,6 +193,12 @@ class Dictionary:
         """Forget the held unit rows of `kind` (None: both) when they can be read again from
         the files (else keep them): for a caller that holds its own copy meanwhile."""
         self._rows.release(kind)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (Ray's object store ships dictionaries to workers) with its unit rows read:
+        the copy cannot read them again, the files may not be where it runs."""
+        _ = self.decoder, self.encoder
+        return dict(self.__dict__)
 
     def to_entry(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, JSON metadata) for the disk cache: everything but the unit rows, which

@@ -30,6 +30,10 @@ class InputError(SAEError):
     """Arguments that do not fit the data: mismatched d_model, k too large, index out of range."""
 
 
+class ClusterError(SAEError):
+    """A Ray cluster that cannot be reached or used (`precompute --ray`)."""
+
+
 # --------------------------------------------------------------------------------------------
 # One-line messages: every module builds its user-facing errors with these
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Generic, Literal, TypeVar, cast
 
 from .errors import InputError, SAEError
-from .types import TOPK_ENGINES, TopkEngine
+from .types import PRECISIONS, TOPK_ENGINES, Precision, TopkEngine
 
 T = TypeVar("T")
 
@@ -43,6 +43,13 @@ def _topk_engine(text: str) -> TopkEngine:
     value = text.lower()
     if value not in TOPK_ENGINES:
         raise ValueError("expected " + ", ".join(TOPK_ENGINES))
+    return value
+
+
+def _precision(text: str) -> Precision:
+    value = text.lower()
+    if value not in PRECISIONS:
+        raise ValueError("expected " + ", ".join(PRECISIONS))
     return value
 
 
@@ -91,6 +98,16 @@ HEAVY_PAIRS = Variable(
     "SAE_HEAVY_PAIRS", 10**8, _positive_int,
     "scored pairs (n_a * n_b) from which a pass waits for its device's heavy-work lock",
 )  # fmt: skip
+TOPK_BLOCK_MB: Variable[int | None] = Variable(
+    "SAE_TOPK_BLOCK_MB", None, _positive_int,
+    "MiB of float32 scores per top-k block, on any device (default 96 on CPUs, 3072 on GPUs): "
+    "bounds a pass's working memory beside its inputs",
+)  # fmt: skip
+TOPK_PRECISION: Variable[Precision] = Variable(
+    "SAE_TOPK_PRECISION", "auto", _precision,
+    "the exact scoring path of large top-k passes: auto (bf16 on GPUs; on CPUs timed once per "
+    "process), bf16 or fp32; a Ray run fixes it for all its CPU tasks",
+)  # fmt: skip
 MAX_ARRAY_BYTES = Variable(
     "SAE_MAX_ARRAY_BYTES", 16 * 2**30, _positive_int,
     "the largest single array or zip member a file reader takes",
@@ -122,6 +139,8 @@ VARIABLES: tuple[Variable, ...] = (
     CACHE_DIR,
     CACHE_SIZE_LIMIT,
     HEAVY_PAIRS,
+    TOPK_BLOCK_MB,
+    TOPK_PRECISION,
     MAX_ARRAY_BYTES,
     MEMORY_BUDGET_MB,
     DEMO,

@@ -32,6 +32,7 @@ DIRECTIONS: tuple[Directions, ...] = get_args(Directions)
 
 Precision = Literal["auto", "bf16", "fp32"]
 """The top-k engine's scoring path; every path returns the same exact float32 results."""
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 TopkEngine = Literal["auto", "torch", "triton"]
 """Who runs the exact bf16 top-k path: torch operations, or the fused Triton kernels (CUDA);
@@ -66,6 +67,7 @@ __all__ = [
     "Int32",
     "Int64",
     "Orientation",
+    "PRECISIONS",
     "Precision",
     "Progress",
     "TOPK_ENGINES",

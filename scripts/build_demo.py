@@ -17,9 +17,14 @@ Steps (each seeded, so a rebuild on the same machine gives the same files):
    unit norm in the forward pass (as e2e_sae's SAE does), loss = MSE (summed over dims) +
    l1 * |c|_1, Adam, dead features resampled towards badly reconstructed inputs;
 4. for every feature: density on all tokens, and its top activating contexts;
-5. writes two SAEs as e2e_sae checkpoints (`samples_N.pt` + `final_config.yaml`), two as
+5. writes three SAEs as e2e_sae checkpoints (`samples_N.pt` + `final_config.yaml`), three as
    SAELens folders (`sae_weights.safetensors`, `cfg.json`, `sparsity.safetensors`), float16,
    plus `contexts/<name>.json.gz` and `manifest.json` (settings and measured metrics).
+
+`--only x1-s0,x8-s0` trains just those entries into the existing bundle at --out and keeps
+every other file as it is (a rebuild on another machine or torch build need not reproduce the
+others bit for bit). It first checks that the tokens and preprocessing (counts, scale, mean)
+equal what the bundle's manifest records, so all SAEs of the bundle saw the same data.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -68,12 +74,18 @@ class SAESpec:
     fmt: str  # "e2e_sae" or "saelens"
 
 
-SPECS = (  # the first two: same configuration, two seeds; the last: twice as wide
+SPECS = (  # the first two: same configuration, two seeds; then sparser, and wider
     SAESpec("x2-s0", 2, 0.1, 0, "e2e_sae"),
     SAESpec("x2-s1", 2, 0.1, 1, "e2e_sae"),
     SAESpec("x2-l1hi", 2, 0.13, 0, "saelens"),
     SAESpec("x4-s0", 4, 0.1, 0, "saelens"),
+    # the width ladder's ends (appended, so the dashboard's defaults stay on the first ones);
+    # x8-s0 as a SAELens folder so its densities (dead features are likeliest there) ship
+    SAESpec("x1-s0", 1, 0.1, 0, "e2e_sae"),
+    SAESpec("x8-s0", 8, 0.1, 0, "saelens"),
 )
+# One recipe (L1 0.1, seed 0) at 1x, 2x, 4x and 8x d_model, narrowest first.
+LADDER = ("x1-s0", "x2-s0", "x4-s0", "x8-s0")
 
 
 @dataclass(frozen=True)
@@ -401,6 +413,103 @@ def dir_size(path: Path) -> int:
 
 
 # --- main ---------------------------------------------------------------------------------
+def fail(msg: str) -> NoReturn:
+    """One line on stderr and exit status 2, like the package's CLI."""
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def data_record(chunks: np.ndarray, data: Data, cfg: TrainCfg, smoke: bool) -> dict:
+    """The manifest's description of the tokens, their preprocessing and the training recipe:
+    what every SAE of one bundle must share."""
+    return {
+        "model": MODEL,
+        "hook": HOOK,
+        "layer": LAYER,
+        "d_model": int(data.x.shape[1]),
+        "text": "gensim test data: lee_background.cor + shortened enwiki dump (filter_wiki)",
+        "tokens": {
+            "chunks": int(len(chunks)),
+            "chunk_length": CHUNK,
+            "used": int(len(data.x)),
+            "heldout": int(data.heldout.sum()),
+            "outliers_dropped": data.n_outliers,
+        },
+        "preprocessing": {
+            "dropped": f"position 0 of every chunk; tokens with norm > {OUTLIER} x median",
+            "centred": "the training tokens' mean subtracted (removes the constant offset)",
+            "scale": data.scale,
+            "mean_top_dims": {
+                str(int(i)): float(data.mean[i]) for i in np.argsort(-np.abs(data.mean))[:2]
+            },
+        },
+        "training": asdict(cfg),
+        "smoke": bool(smoke),
+    }
+
+
+def data_mismatch(old: dict, new: dict, rtol: float = 1e-6) -> str | None:
+    """Where `new` (this run's data_record) differs from a bundle's manifest, else None.
+    Floats (scale, mean) may differ by float32 rounding noise only."""
+
+    def walk(a, b, where: str) -> str | None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            if a.keys() != b.keys():
+                return f"{where}: keys {sorted(a)} != {sorted(b)}"
+            return next((m for k in a if (m := walk(a[k], b[k], f"{where}.{k}"))), None)
+        if isinstance(a, float) and isinstance(b, float):
+            return None if np.isclose(a, b, rtol=rtol, atol=0) else f"{where}: {a!r} != {b!r}"
+        return None if a == b else f"{where}: {a!r} != {b!r}"
+
+    return walk({k: old.get(k) for k in new}, new, "manifest")
+
+
+def build_one(spec: SAESpec, tok, chunks: np.ndarray, data: Data, cfg: TrainCfg, tmp: Path) -> dict:
+    """Train one SAE, measure it, write its files and contexts under tmp; its manifest entry."""
+    sae, info = train_sae(spec, data.x[~data.heldout], cfg)
+    metrics = evaluate(sae, data.x[data.heldout])
+    density, top_v, top_i = feature_stats(sae, data.x)
+    ctx = contexts(tok, chunks, data, top_v, top_i)
+    text = json.dumps(ctx, ensure_ascii=False, separators=(",", ":")).encode()
+    # mtime=0: no time stamp in the gzip header, so a rebuild gives the same bytes
+    (tmp / "contexts" / f"{spec.name}.json.gz").write_bytes(gzip.compress(text, 9, mtime=0))
+    if spec.fmt == "e2e_sae":
+        write_e2e(tmp / spec.name, sae, spec, info["steps"] * cfg.batch)
+    else:
+        write_saelens(tmp / spec.name, sae, spec, density)
+    metrics.update(
+        n_features=int(len(density)), alive=int((density > 0).sum()), **info,
+        density_file=spec.fmt == "saelens",
+    )  # fmt: skip
+    log(f"{spec.name}: L0 {metrics['l0']:.1f}, held-out FVE {metrics['fve']:.3f}, "
+        f"alive {metrics['alive']}/{metrics['n_features']}")  # fmt: skip
+    return {"format": spec.fmt, "spec": asdict(spec), "metrics": metrics}
+
+
+def geometry(folder: Path) -> dict:
+    """Cross-seed, cross-width and ladder MMCS, measured on the written files through the
+    public loaders (so the numbers are those the dashboard shows)."""
+    by_name = {s.name: s for s in SPECS}
+    dicts = {n: load(str(folder / n)) for n in by_name}
+    a, b = dicts["x2-s0"], dicts["x2-s1"]
+
+    def mmcs(wide: str, narrow: str) -> float:
+        return float(compare(dicts[wide], dicts[narrow], cache=False).max_cos.mean())
+
+    return {
+        "cross_seed": {
+            "pair": ["x2-s0", "x2-s1"],
+            "mmcs": mmcs("x2-s0", "x2-s1"),
+            "random_mmcs": float(random_null(a.n_alive, b.n_alive, a.d_model).mean()),
+        },
+        "width": {"pair": ["x4-s0", "x2-s0"], "mmcs": mmcs("x4-s0", "x2-s0")},  # wide -> narrow
+        "ladder": list(LADDER),
+        "ladder_mmcs": [  # each rung against the next narrower one, wide -> narrow
+            {"pair": [w, n], "mmcs": mmcs(w, n)} for n, w in zip(LADDER, LADDER[1:], strict=False)
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "sae_backend" / "demo_data")
@@ -411,7 +520,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--smoke", action="store_true", help="a few hundred tokens, tiny run")
     ap.add_argument("--extract-only", action="store_true", help="stop after caching activations")
+    ap.add_argument("--only", type=lambda v: [n.strip() for n in v.split(",") if n.strip()],
+                    metavar="NAME,...", help="train only these SAEs into the existing bundle at "
+                    "--out (same data, checked against its manifest); keep all other files")  # fmt: skip
     args = ap.parse_args(argv)
+    specs: tuple[SAESpec, ...] = SPECS
+    old: dict = {}
+    if args.only is not None:
+        unknown = sorted(set(args.only) - {s.name for s in SPECS})
+        if unknown or not args.only:
+            fail(f"--only: unknown SAE name(s) {unknown}; choose from {[s.name for s in SPECS]}")
+        specs = tuple(s for s in SPECS if s.name in args.only)
+        try:
+            old = json.loads((args.out / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            fail(f"--only adds to the bundle at --out, but its manifest is unusable ({e})")
+        missing = [s.name for s in SPECS if s.name not in {*old.get("saes", {}), *args.only}]
+        if missing:
+            fail(f"--only: the bundle at {args.out} lacks {missing}; add them to --only")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -443,74 +569,44 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     data = preprocess(acts, seed=0)
     del acts
-    train, held = data.x[~data.heldout], data.x[data.heldout]
-    log(f"{len(data.x)} tokens ({len(held)} held out), {data.n_outliers} outliers dropped")
+    record = data_record(chunks, data, cfg, args.smoke)
+    log(f"{len(data.x)} tokens ({int(data.heldout.sum())} held out), "
+        f"{data.n_outliers} outliers dropped, scale {data.scale!r}")  # fmt: skip
+    if old and (why := data_mismatch(old, record)):
+        fail(f"this run's data differ from the bundle's at {args.out} ({why}); "
+             "rebuild everything instead of --only")  # fmt: skip
 
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "contexts").mkdir(parents=True)
-    entries = {}
-    saes = {}
-    for spec in SPECS:
-        sae, info = train_sae(spec, train, cfg)
-        metrics = evaluate(sae, held)
-        density, top_v, top_i = feature_stats(sae, data.x)
-        ctx = contexts(tok, chunks, data, top_v, top_i)
-        with gzip.open(tmp / "contexts" / f"{spec.name}.json.gz", "wt", compresslevel=9) as f:
-            json.dump(ctx, f, ensure_ascii=False, separators=(",", ":"))
-        if spec.fmt == "e2e_sae":
-            write_e2e(tmp / spec.name, sae, spec, info["steps"] * cfg.batch)
-        else:
-            write_saelens(tmp / spec.name, sae, spec, density)
-        metrics.update(
-            n_features=int(len(density)), alive=int((density > 0).sum()), **info,
-            density_file=spec.fmt == "saelens",
-        )  # fmt: skip
-        entries[spec.name] = {"format": spec.fmt, "spec": asdict(spec), "metrics": metrics}
-        saes[spec.name] = sae
-        log(f"{spec.name}: L0 {metrics['l0']:.1f}, held-out FVE {metrics['fve']:.3f}, "
-            f"alive {metrics['alive']}/{metrics['n_features']}")  # fmt: skip
+    if old:  # start from a copy of the bundle: every file not rebuilt stays byte for byte
+        shutil.copytree(args.out, tmp)
+        for spec in specs:
+            shutil.rmtree(tmp / spec.name, ignore_errors=True)
+    (tmp / "contexts").mkdir(parents=True, exist_ok=True)
+    t_train = time.time()
+    built = {spec.name: build_one(spec, tok, chunks, data, cfg, tmp) for spec in specs}
+    entries = {s.name: built.get(s.name) or old["saes"][s.name] for s in SPECS}
 
-    # Cross-seed geometry, measured on the written files through the public loaders.
-    a, b = (load(str(tmp / s.name)) for s in SPECS[:2])
-    mmcs = float(compare(a, b, cache=False).max_cos.mean())
-    null = float(random_null(a.n_alive, b.n_alive, a.d_model).mean())
-    wide = load(str(tmp / SPECS[-1].name))
-    manifest = {
-        "model": MODEL,
-        "hook": HOOK,
-        "layer": LAYER,
-        "d_model": int(data.x.shape[1]),
-        "text": "gensim test data: lee_background.cor + shortened enwiki dump (filter_wiki)",
-        "tokens": {
-            "chunks": int(len(chunks)),
-            "chunk_length": CHUNK,
-            "used": int(len(data.x)),
-            "heldout": int(len(held)),
-            "outliers_dropped": data.n_outliers,
-        },
-        "preprocessing": {
-            "dropped": f"position 0 of every chunk; tokens with norm > {OUTLIER} x median",
-            "centred": "the training tokens' mean subtracted (removes the constant offset)",
+    # --only: the bundle's data record stays (its first SAEs were trained on exactly that);
+    # this run's own scale, equal up to float noise, is recorded with the run
+    manifest = {**{k: old.get(k, v) for k, v in record.items()}, "saes": entries,
+                **geometry(tmp)}  # fmt: skip
+    if old:  # the full build's time stays; this run is recorded next to it
+        manifest["build_seconds"] = old["build_seconds"]
+        manifest["partial_builds"] = [*old.get("partial_builds", []), {
+            "only": [s.name for s in specs],
+            "seconds": round(time.time() - t_start, 1),
+            "train_and_contexts_seconds": round(time.time() - t_train, 1),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 1),
             "scale": data.scale,
-            "mean_top_dims": {
-                str(int(i)): float(data.mean[i]) for i in np.argsort(-np.abs(data.mean))[:2]
-            },
-        },
-        "training": asdict(cfg),
-        "smoke": bool(args.smoke),
-        "saes": entries,
-        "cross_seed": {"pair": [s.name for s in SPECS[:2]], "mmcs": mmcs, "random_mmcs": null},
-        "width": {
-            "pair": [SPECS[-1].name, SPECS[0].name],  # wide -> narrow MMCS
-            "mmcs": float(compare(wide, a, cache=False).max_cos.mean()),
-        },
-        "build_seconds": round(time.time() - t_start, 1),
-    }
+        }]  # fmt: skip
+    else:
+        manifest["build_seconds"] = round(time.time() - t_start, 1)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.rename(args.out)
-    log(f"cross-seed MMCS {mmcs:.3f} (random {null:.3f}); wrote {args.out} "
+    cs = manifest["cross_seed"]
+    log(f"cross-seed MMCS {cs['mmcs']:.3f} (random {cs['random_mmcs']:.3f}); wrote {args.out} "
         f"({dir_size(args.out) / 1e6:.1f} MB)")  # fmt: skip
     return manifest
 

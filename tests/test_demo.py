@@ -38,8 +38,9 @@ def dicts(manifest):
 
 
 def test_sources_are_the_shipped_saes_in_two_formats(manifest, dicts):
-    assert list(dicts) == ["x2-s0", "x2-s1", "x2-l1hi", "x4-s0"]
-    assert {d.meta.format for d in dicts.values()} == {"e2e_sae", "saelens"}
+    assert list(dicts) == ["x2-s0", "x2-s1", "x2-l1hi", "x4-s0", "x1-s0", "x8-s0"]
+    formats = [d.meta.format for d in dicts.values()]
+    assert formats.count("e2e_sae") == formats.count("saelens") == 3
     for name, d in dicts.items():
         entry = manifest["saes"][name]
         assert d.meta.format == entry["format"]
@@ -82,6 +83,32 @@ def test_cross_seed_mmcs_is_far_above_random(manifest, dicts):
     assert mmcs_wide == pytest.approx(manifest["width"]["mmcs"], abs=1e-4)
 
 
+def test_width_ladder(manifest, dicts):
+    """One recipe at 1x, 2x, 4x, 8x d_model, at one hook: what the Families page opens on."""
+    ladder = manifest["ladder"]
+    assert ladder == ["x1-s0", "x2-s0", "x4-s0", "x8-s0"]
+    specs = [manifest["saes"][n]["spec"] for n in ladder]
+    assert [dicts[n].n_features for n in ladder] == [576, 1152, 2304, 4608]
+    assert [s["ratio"] for s in specs] == [1, 2, 4, 8]
+    assert {(s["l1"], s["seed"]) for s in specs} == {(0.1, 0)}
+    assert {dicts[n].meta.hook for n in ladder} == {"blocks.15.hook_resid_pre"}
+    assert {dicts[n].d_model for n in ladder} == {576}
+    metrics = [manifest["saes"][n]["metrics"] for n in ladder]
+    assert len({m["steps"] for m in metrics}) == 1  # same data, batch and epochs
+    # at a fixed L1 a wider SAE uses more features per token, and up to 4x reconstructs
+    # better; 8x does not beat 4x on held-out FVE within the same 1,395 steps (README)
+    fve, l0 = [m["fve"] for m in metrics], [m["l0"] for m in metrics]
+    assert l0 == sorted(l0) and len(set(l0)) == 4
+    assert fve[0] < fve[1] < fve[2]
+    pairs = [[wide, narrow] for narrow, wide in zip(ladder, ladder[1:], strict=False)]
+    assert [rung["pair"] for rung in manifest["ladder_mmcs"]] == pairs
+    for rung, (wide, narrow) in zip(manifest["ladder_mmcs"], pairs, strict=True):
+        mmcs = float(compare(dicts[wide], dicts[narrow], cache=False).max_cos.mean())
+        assert mmcs == pytest.approx(rung["mmcs"], abs=1e-4)
+        null = float(random_null(dicts[wide].n_alive, dicts[narrow].n_alive, 576).mean())
+        assert mmcs > 2 * null  # neighbouring rungs share directions far beyond chance
+
+
 def test_recorded_quality(manifest):
     for entry in manifest["saes"].values():
         m = entry["metrics"]
@@ -115,6 +142,25 @@ def test_other_pages_render_with_the_real_demo(monkeypatch, page):
     assert any("SmolLM2-135M-Instruct" in c.value for c in at.sidebar.caption)
 
 
+def test_home_lists_every_demo_sae(monkeypatch, manifest, dicts):
+    """Home with the real demo: one row per manifest entry, in its order; within-dictionary
+    MMCS of the ladder's narrowest rung against a float64 reference from its decoder."""
+    monkeypatch.delenv("SAE_DEMO", raising=False)
+    at = page_test("app.py", 300).run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["name"]) == list(manifest["saes"])
+    widths = [manifest["saes"][n]["spec"]["ratio"] * 576 for n in manifest["saes"]]
+    assert list(table["features"]) == widths
+    assert set(table["hook"]) == {"blocks.15.hook_resid_pre"}
+    w = dicts["x1-s0"].directions("decoder").astype(np.float64)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    cos = w @ w.T
+    np.fill_diagonal(cos, -np.inf)
+    row = table.set_index("name").loc["x1-s0"]
+    assert row["within MMCS"] == pytest.approx(cos.max(1).mean(), abs=1e-4)
+
+
 def test_neighbours_page_shows_the_contexts(monkeypatch):
     monkeypatch.delenv("SAE_DEMO", raising=False)
     feature = min(demo_contexts("x2-s1"))
@@ -144,19 +190,87 @@ def test_umap_hover_shows_the_strongest_context(monkeypatch):
         assert hover == context_hover(ctx, feature) != ""
 
 
+def build_script():
+    """scripts/build_demo.py as a module (its heavy imports happen inside its functions)."""
+    spec = importlib.util.spec_from_file_location("build_demo", ROOT / "scripts" / "build_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_only_builds_check_the_data_against_the_manifest(manifest):
+    """--only adds SAEs to a bundle only when this run's tokens and preprocessing are the
+    bundle's: planted differences in counts, scale, mean and recipe are each reported."""
+    mismatch = build_script().data_mismatch
+    record = {k: manifest[k] for k in ("model", "hook", "tokens", "preprocessing", "training")}
+    assert mismatch(manifest, record) is None
+    noisy = json.loads(json.dumps(record))
+    noisy["preprocessing"]["scale"] *= 1 + 1e-9  # float rounding noise: the same data
+    assert mismatch(manifest, noisy) is None
+    for path, value in [
+        (("tokens", "used"), manifest["tokens"]["used"] - 1),
+        (("preprocessing", "scale"), manifest["preprocessing"]["scale"] * 1.001),
+        (("preprocessing", "mean_top_dims", "247"), -77.0),
+        (("training", "epochs"), 4),
+        (("hook",), "blocks.14.hook_resid_pre"),
+    ]:
+        changed = json.loads(json.dumps(record))
+        *outer, last = path
+        target = changed
+        for key in outer:
+            target = target[key]
+        target[last] = value
+        assert mismatch(manifest, changed).startswith("manifest." + ".".join(path) + ": ")
+    fewer = json.loads(json.dumps(record))
+    del fewer["training"]["lr"]
+    assert mismatch(manifest, fewer).startswith("manifest.training: keys ")
+
+
+def run_build(tmp_path, *args):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_demo.py"), *args,
+         "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )  # fmt: skip
+
+
+def test_only_refuses_unknown_names_and_a_missing_bundle(tmp_path):
+    run = run_build(tmp_path, "--only", "x3-s0", "--out", str(tmp_path / "demo"))
+    assert run.returncode == 2 and run.stderr.startswith("error: --only: unknown SAE name")
+    assert len(run.stderr.strip().splitlines()) == 1
+    run = run_build(tmp_path, "--only", "x1-s0", "--out", str(tmp_path / "demo"))
+    assert run.returncode == 2 and run.stderr.startswith("error: --only adds to the bundle")
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "demo.partial").exists()
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in BUILD_NEEDS),
     reason="optional build requirements (requirements-demo.txt) are not installed",
 )
 def test_build_script_smoke(tmp_path):
     out = tmp_path / "demo"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "build_demo.py"), "--smoke", "--out", str(out),
-         "--work", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-    )  # fmt: skip
+    run = run_build(tmp_path, "--smoke", "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
+    first = files(out)
+    # --only rebuilds one entry from the same data: same bytes (the pipeline is deterministic
+    # on one machine), every other file untouched, the run recorded in the manifest
+    run = run_build(tmp_path, "--smoke", "--out", str(out), "--only", "x1-s0")
+    assert run.returncode == 0, run.stderr[-2000:]
+    again = files(out)
+    assert sorted(again) == sorted(first)
+    assert [k for k in first if first[k] != again[k]] == ["manifest.json"]
+    m0, m1 = (json.loads(f["manifest.json"]) for f in (first, again))
+    assert m1["partial_builds"][0]["only"] == ["x1-s0"] and "partial_builds" not in m0
+    for m in (m0, m1):
+        del m["saes"]["x1-s0"]["metrics"]["train_seconds"]
+    del m1["partial_builds"]
+    assert m1 == m0
     m = json.loads((out / "manifest.json").read_text())
     assert m["smoke"] is True and m["tokens"]["used"] < 1000
     assert sorted(m["saes"]) == sorted(demo_manifest()["saes"])

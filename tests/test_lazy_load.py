@@ -195,3 +195,23 @@ def test_a_memory_budget_counts_rows_not_read_yet(tmp_path):
     assert not cached._rows.held
     whole = cached.decoder.nbytes + cached.encoder.nbytes + cached.decoder_norms.nbytes
     assert nbytes(cached) == whole + cached.alive.nbytes
+
+
+def test_a_pickled_dictionary_carries_its_rows_where_the_files_are_not(tmp_path):
+    """Ray's object store ships dictionaries to workers by pickling: the copy must hold its
+    unit rows (read on pickling), with no lock or file reader, and equal the original."""
+    import pickle
+    import shutil
+
+    p = planted()
+    folder = write_saelens(tmp_path / "sae", p.decoder, p.encoder)
+    load(str(folder))
+    lazy = load(str(folder))  # from the cache: nothing held yet
+    assert not lazy._rows.held
+    copy = pickle.loads(pickle.dumps(lazy))
+    shutil.rmtree(folder)  # the copy reads nothing from here
+    assert copy.fingerprint == lazy.fingerprint and copy._rows.reload is None
+    np.testing.assert_array_equal(copy.decoder, lazy.decoder)
+    np.testing.assert_array_equal(copy.encoder, lazy.encoder)
+    copy.release()  # cannot be read again: kept
+    assert set(copy._rows.held) == {"decoder", "encoder"}

@@ -68,7 +68,7 @@ def test_permutation_recovered_exactly_by_both_methods():
     perm = rng.permutation(n)
     b = unit(a[perm] + 0.05 * rng.standard_normal((n, 32)))  # b[j] ~ a[perm[j]]
     expected = np.argsort(perm)  # a[i] should match b[j] with perm[j] == i
-    for kwargs in ({}, {"dense_limit": 0, "k_candidates": 3}):
+    for kwargs in ({}, {"dense_limit": 0, "k_candidates": 3}, {"dense_limit": 0, "certify": False}):
         m = match_one_to_one(a, b, **kwargs)
         np.testing.assert_array_equal(m.b_index, expected)
         assert_valid(m, n, n, a, b)
@@ -101,7 +101,7 @@ def test_sparse_with_enough_candidates_equals_hungarian(case):
     _, a, b, k = case
     n_a, n_b = a.shape[0], b.shape[0]
     h = match_one_to_one(a, b)
-    s = match_one_to_one(a, b, dense_limit=0, k_candidates=k)
+    s = match_one_to_one(a, b, dense_limit=0, k_candidates=k, certify=False)
     assert (h.method, s.method) == ("hungarian", "sparse")
     assert s.n_matched == h.n_matched == min(n_a, n_b)
     assert s.total == pytest.approx(h.total, abs=1e-6)
@@ -133,7 +133,7 @@ def test_sparse_is_optimal_among_candidates(case, k):
     mask = candidate_mask(cos, k)
     r, c = linear_sum_assignment(np.where(mask, cos, -1e3), maximize=True)
     keep = mask[r, c]
-    s = match_one_to_one(a, b, dense_limit=0, k_candidates=k)
+    s = match_one_to_one(a, b, dense_limit=0, k_candidates=k, certify=False)
     assert_valid(s, a.shape[0], b.shape[0], a, b)
     assert s.n_matched == keep.sum()
     assert s.total == pytest.approx(cos[r[keep], c[keep]].sum(), abs=1e-6)
@@ -200,8 +200,9 @@ def test_sparse_fallback_when_candidates_have_no_full_matching():
     edges |= {(int(i), j) for j in range(n) for i in np.argsort(-cos[:, j])[:k]}
     size, total = best_partial_matching(cos, edges)
     assert size < n  # the planted case really lacks a full matching
-    m = match_one_to_one(a, b, dense_limit=0, k_candidates=k)
+    m = match_one_to_one(a, b, dense_limit=0, k_candidates=k, certify=False)
     assert m.method == "sparse"
+    assert not m.certified
     assert_valid(m, n, n, a, b)
     assert m.n_matched == size
     assert m.total == pytest.approx(total, abs=1e-6)

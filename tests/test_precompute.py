@@ -25,7 +25,8 @@ from sae_backend.cache import ArrayCache, SafeDisk, default_cache, make_key
 from sae_backend.cli import main
 from sae_backend.dictionary import Dictionary, RawSAE
 from sae_backend.errors import InputError
-from sae_backend.geometry.compare import compare, match
+from sae_backend.geometry.compare import MATCHING_VERSION, compare, match
+from sae_backend.geometry.matching import DEFAULT_TOLERANCE, K_CANDIDATES
 from sae_backend.geometry.stats import random_null, random_unit_rows
 from sae_backend.loader import load
 from sae_backend.precompute import UMAP_PAGE_SELECTION, catalogue_sources, precompute
@@ -87,8 +88,12 @@ def page_calls(dicts: dict[str, Dictionary]) -> int:
 def assert_same_matching(m1, m2) -> None:
     np.testing.assert_array_equal(m1.b_index, m2.b_index)
     np.testing.assert_array_equal(m1.cosine, m2.cosine)  # NaN where unmatched, in both
-    fields = ("total", "mean", "n_matched", "method", "upper_bound", "n_candidates")
+    np.testing.assert_array_equal(m1.potentials_a, m2.potentials_a)
+    np.testing.assert_array_equal(m1.potentials_b, m2.potentials_b)
+    fields = ("total", "mean", "n_matched", "method", "upper_bound", "n_candidates",
+              "certified", "tolerance", "rounds")  # fmt: skip
     assert [getattr(m1, f) for f in fields] == [getattr(m2, f) for f in fields]
+    assert m1.bound == m2.bound or (np.isnan(m1.bound) and np.isnan(m2.bound))
 
 
 # ---- precompute, then the pages ---------------------------------------------------------------
@@ -340,7 +345,8 @@ def test_match_is_cached_exactly(tmp_path, pair, dense_limit):
     assert store.stats.misses == 4
 
     key = make_key("match", a.fingerprint, b.fingerprint, directions="decoder",
-                   k_candidates=10, dense_limit=dense_limit)  # fmt: skip
+                   k_candidates=K_CANDIDATES, dense_limit=dense_limit, certify=True,
+                   tolerance=DEFAULT_TOLERANCE, solver=MATCHING_VERSION)  # fmt: skip
     corrupt(store, key)
     again = match(a, b, dense_limit=dense_limit, cache=store)
     assert (store.stats.dropped, store.stats.misses) == (1, 5)
@@ -350,7 +356,7 @@ def test_match_is_cached_exactly(tmp_path, pair, dense_limit):
 def test_match_forward_shares_the_entry_and_changes_nothing(tmp_path, pair):
     """`forward` replaces the A->B top-k pass with the same candidates, so it is not in the key."""
     a, b = pair
-    fwd = compare(a, b, k=12, cache=False)
+    fwd = compare(a, b, k=K_CANDIDATES, cache=False)
     without = match(a, b, dense_limit=50, cache=False)
     assert without.method == "sparse"
     assert_same_matching(match(a, b, dense_limit=50, forward=fwd, cache=False), without)

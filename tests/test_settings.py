@@ -27,6 +27,8 @@ def test_unset_or_blank_gives_the_default(variable, monkeypatch):
         (settings.CACHE_SIZE_LIMIT, "123", 123),
         (settings.HEAVY_PAIRS, " 5 ", 5),
         (settings.MAX_ARRAY_BYTES, "1000", 1000),
+        (settings.TOPK_BLOCK_MB, "1", 1),
+        (settings.TOPK_PRECISION, "FP32", "fp32"),
         (settings.MEMORY_BUDGET_MB, "64", 64),
         (settings.DEMO, "TOY", "toy"),
         (settings.DEMO, "real", "real"),
@@ -49,6 +51,8 @@ def test_values_are_parsed(variable, text, value, monkeypatch):
         (settings.HEAVY_PAIRS, "-3"),  # was a silent fallback to the default
         (settings.HEAVY_PAIRS, "1e8"),
         (settings.MAX_ARRAY_BYTES, "16GB"),
+        (settings.TOPK_BLOCK_MB, "0"),
+        (settings.TOPK_PRECISION, "fp16"),
         (settings.MEMORY_BUDGET_MB, "8 GB"),  # was a silent fallback to the default
         (settings.DEMO, "tiny"),  # was silently the real demo
         (settings.TOPK_ENGINE, "cuda"),

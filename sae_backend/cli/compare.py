@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SAEError
 from ..geometry.compare import MAX_K
+from ..geometry.matching import K_CANDIDATES
 from ..types import DIRECTIONS
 from ._common import Bar, add_compute_options, add_load_options, load_sources, write_atomic
 
@@ -31,6 +34,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=1, help=f"neighbours per feature (1..{MAX_K})")
     p.add_argument("--directions", choices=DIRECTIONS, default="decoder")
     p.add_argument("--match", action="store_true", help="add the one-to-one matching")
+    p.add_argument(
+        "--match-json",
+        metavar="PATH",
+        help="with --match: the full matching with provenance as JSON (certified, objective, "
+        "method, sources, pairs, fingerprints, tau, ...)",
+    )
+    p.add_argument(
+        "--match-csv", metavar="PATH", help="with --match: one row per matched pair: "
+        "a,b,decoder_cos,encoder_cos,shared",
+    )  # fmt: skip
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=0.7,
+        help="a matched pair is shared when its decoder and encoder cosines reach this "
+        "(decoder only when either dictionary has no encoder); default 0.7",
+    )
     add_compute_options(p)
     add_load_options(p)
     p.set_defaults(run=run)
@@ -39,26 +59,61 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..geometry.compare import compare, match
 
+    if (args.match_json or args.match_csv) and not args.match:
+        raise SAEError("--match-json and --match-csv need --match")
+    if not -1.0 <= args.tau <= 1.0:
+        raise SAEError(f"--tau must be a cosine between -1 and 1, got {args.tau}")
     a, *rest = load_sources([args.src_a, *([] if args.src_b is None else [args.src_b])], args)
     b = rest[0] if rest else None
     if args.match and b is None:
         raise SAEError("--match needs two dictionaries (SRC_A SRC_B)")
     n_a = len(a.alive_index)
+    # with --match, one top-k pass wide enough to be the matching's candidates serves both
+    k = args.k if b is None or not args.match else max(args.k, _match_k(a, b))
     with Bar(n_a, "top-k") as tick:
         res = compare(
-            a, b, directions=args.directions, k=args.k, device=args.device,
+            a, b, directions=args.directions, k=k, device=args.device,
             progress=tick, cache=not args.no_cache,
         )  # fmt: skip
     matched = None
+    texts: dict[Path, str] = {}
     if b is not None and args.match:
         with Bar(n_a + len(b.alive_index), "matching") as tick:
             matched = match(
                 a, b, directions=args.directions, device=args.device, progress=tick,
-                forward=res if args.k >= 10 else None,
+                forward=res, k_candidates=min(k, _match_k(a, b)), cache=not args.no_cache,
             )  # fmt: skip
+        texts = _match_exports(args, a, b, matched)
+    res = replace(res, values=res.values[:, : args.k], indices=res.indices[:, : args.k])
     write_csv(Path(args.output), res, matched, args.k)
+    for path, text in texts.items():
+        write_atomic(path, text)
     print_summary(a, b, res, matched)
+    if matched is not None and b is not None:
+        print_shared(a, b, matched, args)
     return 0
+
+
+def _match_k(a: Dictionary, b: Dictionary) -> int:
+    """Candidates per feature for the certified matching (capped by B's size and MAX_K)."""
+    return max(1, min(K_CANDIDATES, len(b.alive_index), MAX_K))
+
+
+def _match_exports(
+    args: argparse.Namespace, a: Dictionary, b: Dictionary, m: Matching
+) -> dict[Path, str]:
+    """The --match-json / --match-csv texts, built before anything is written."""
+    from ..geometry.shared import matched_pairs
+    from ..matching_export import matching_document, matching_records, to_csv, to_json
+
+    pairs = matched_pairs(a, b, m, args.directions)
+    out: dict[Path, str] = {}
+    if args.match_json:
+        doc = matching_document(a, b, m, pairs, tau=args.tau, sources=(args.src_a, args.src_b))
+        out[Path(args.match_json)] = to_json(doc)
+    if args.match_csv:
+        out[Path(args.match_csv)] = to_csv(matching_records(pairs, args.tau))
+    return out
 
 
 def write_csv(path: Path, res: Comparison, matched: Matching | None, k: int) -> None:
@@ -99,13 +154,29 @@ def print_summary(
         f"({dc.fraction_shared:.1%} of features share theirs; max in-degree {dc.max_in_degree})"
     )
     if matched is not None:
-        quality = (
-            "exact optimum"
-            if matched.method == "hungarian"
-            else f"optimal among top-k candidates; at most {matched.gap:.4g} total cosine "
-            "below the unrestricted optimum"
-        )
+        if matched.method == "hungarian":
+            quality = "exact optimum"
+        elif matched.certified:
+            quality = (
+                f"certified optimal over all pairs: bound {matched.bound:.6f} - objective "
+                f"{matched.total:.6f} <= {matched.tolerance:.2g}, {matched.rounds} round(s)"
+            )
+        else:
+            quality = (
+                f"NOT certified: at most {matched.dual_gap:.4g} total cosine below the optimum"
+            )
         print(
             f"  one-to-one ({matched.method}): mean matched cos {matched.mean:.4f} over "
             f"{matched.n_matched} pairs ({quality})"
         )
+
+
+def print_shared(a: Dictionary, b: Dictionary, m: Matching, args: argparse.Namespace) -> None:
+    from ..geometry.shared import matched_pairs, shared_summary
+
+    s = shared_summary(matched_pairs(a, b, m, args.directions), args.tau)
+    both = "n/a (no encoder)" if math.isnan(s.fraction_shared) else f"{s.fraction_shared:.3f}"
+    print(
+        f"  shared at tau={s.tau:g}: decoder and encoder {both}, decoder only "
+        f"{s.fraction_shared_decoder:.3f}; orphans: {s.n_orphans_a} in A, {s.n_orphans_b} in B"
+    )

@@ -8,11 +8,13 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from ..distributed import SHARD_ROWS
 from ..errors import SAEError
 from ..types import DIRECTIONS
 from ._common import Bar, add_compute_options, add_load_options, load_source
 
 if TYPE_CHECKING:
+    from ..dictionary import Dictionary
     from ..precompute import Outcome
 
 KINDS_OPTIONAL = ("match", "umap")  # kinds a flag can turn off (--no-match, --no-umap)
@@ -46,6 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"{what} (default: on)")  # fmt: skip
     add_compute_options(p, cache=False)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS",
+        help="compute the items as Ray tasks on the cluster whose head is at ADDRESS "
+        "(HOST:PORT), or without ADDRESS on a Ray started here for this run; results land in "
+        "this machine's cache (needs requirements-ray.txt; see docs/ray.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shard-rows", type=int, metavar="N",
+        help=f"with --ray: rows of A per task in one comparison (default {SHARD_ROWS:,})",
+    )  # fmt: skip
     add_load_options(p)
     p.set_defaults(run=run)
 
@@ -54,7 +66,16 @@ def run(args: argparse.Namespace) -> int:
     from ..geometry.topk import pick_device
     from ..precompute import KINDS, catalogue_sources, precompute
 
-    pick_device(args.device)  # a wrong device fails once here, not once per item
+    if args.ray is None:
+        if args.shard_rows is not None:
+            raise SAEError("--shard-rows splits comparisons across Ray tasks: give --ray too")
+        pick_device(args.device)  # a wrong device fails once here, not once per item
+    else:  # in seconds, before any download
+        from ..distributed.cluster import check_installed, check_reachable
+
+        check_installed()
+        if args.ray != "local":
+            check_reachable(args.ray)
     sources = {src: src for src in args.srcs}
     if args.catalogue_layer is not None:
         found, notes = catalogue_sources(args.catalogue_layer, args.via, args.criterion)
@@ -82,14 +103,33 @@ def run(args: argparse.Namespace) -> int:
     if not dicts:
         return 2  # every source was bad input, each already said why
     kinds = [k for k in KINDS if k not in KINDS_OPTIONAL or getattr(args, k)]
-    outcomes = precompute(
-        dicts, directions=args.directions, kinds=kinds, device=args.device,
-        progress=lambda item: Bar(0, f"{item.kind} {item.label}", unit="step"),
-        report=_report_item,
-    )  # fmt: skip
+    if args.ray is not None:
+        outcomes = _precompute_on_ray(dicts, kinds, args)
+    else:
+        outcomes = precompute(
+            dicts, directions=args.directions, kinds=kinds, device=args.device,
+            progress=lambda item: Bar(0, f"{item.kind} {item.label}", unit="step"),
+            report=_report_item,
+        )  # fmt: skip
     _print_outcomes(outcomes, args.json)
     failed = load_failed or any(o.status == "failed" for o in outcomes)
     return 1 if failed else 0
+
+
+def _precompute_on_ray(
+    dicts: dict[str, Dictionary], kinds: list[str], args: argparse.Namespace
+) -> list[Outcome]:
+    """The same items as Ray tasks, one progress bar of items (Ray keeps stdout for us)."""
+    from ..distributed.executor import precompute_on_ray
+
+    with Bar(0, "items", unit="item") as tick:
+        return precompute_on_ray(
+            dicts, address=None if args.ray == "local" else args.ray,
+            directions=args.directions, kinds=kinds, device=args.device,
+            shard_rows=SHARD_ROWS if args.shard_rows is None else args.shard_rows,
+            progress=tick, report=_report_item,
+            log=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
 
 
 def _report_item(i: int, n: int, o: Outcome) -> None:

@@ -18,15 +18,23 @@ from ..cache import ArrayCache, make_key, through
 from ..dictionary import Dictionary
 from ..errors import InputError
 from ..types import DIRECTIONS, Directions, Float32, Int64, Progress
-from .matching import DoubleCounting, Matching, double_counting
+from .matching import DEFAULT_TOLERANCE, K_CANDIDATES, DoubleCounting, Matching, double_counting
 from .stats import Summary, summarize
 
-# torch (topk) and scipy (matching's solvers) are imported inside the computations below, so
-# a cached answer is read without them (`python -m sae_backend compare` on a warm cache)
+# torch (topk) and scipy/numba (matching's solvers) are imported inside the computations below,
+# so a cached answer is read without them (`python -m sae_backend compare` on a warm cache)
 
 MAX_K = 100
 
-__all__ = ["DIRECTIONS", "MAX_K", "Comparison", "check_comparable", "compare", "match"]
+__all__ = [
+    "DIRECTIONS",
+    "MAX_K",
+    "Comparison",
+    "check_comparable",
+    "compare",
+    "compare_entry",
+    "match",
+]
 
 
 @dataclass(frozen=True)
@@ -113,12 +121,7 @@ def compare(
         raise InputError(f"k must be between 1 and {min(MAX_K, n_targets)}, got {k}")
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:
-        from .topk import topk_cosine
-
-        va = _rows(a, directions, ia)
-        vb = None if b is None else _rows(b, directions, ib)
-        res = topk_cosine(va, vb, k, device=device, progress=progress)
-        return {"values": res.values, "indices": ib[res.indices]}, {}
+        return compare_entry(a, b, directions=directions, k=k, device=device, progress=progress)
 
     fb = None if b is None else b.fingerprint
     key = make_key("compare", a.fingerprint, fb or "self", directions=directions, k=k)
@@ -128,30 +131,72 @@ def compare(
     )
 
 
+def compare_entry(
+    a: Dictionary,
+    b: Dictionary | None,
+    *,
+    directions: Directions,
+    k: int,
+    device: str = "auto",
+    rows: slice | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """What `compare` caches: ({"values", "indices"} [m, k], {}), row i for A's i-th included
+    feature; with `rows`, only those rows: a shard of the pass, which `geometry.shards` merges
+    back (bit-identical when shards start on block edges, see `topk_cosine`). No argument
+    checks: `compare` makes them. Memory: a shard across dictionaries holds only its rows of
+    A (and all of B); one within A holds all of A, its own targets."""
+    from .topk import auto_precision, pick_device, topk_cosine
+
+    ia = a.alive_index
+    ib = ia if b is None else b.alive_index
+    if b is None:
+        res = topk_cosine(_rows(a, directions, ia), None, k, device=device, rows=rows,
+                          progress=progress)  # fmt: skip
+    else:
+        mine = ia if rows is None else ia[rows]
+        res = topk_cosine(
+            _rows(a, directions, mine), _rows(b, directions, ib), k, device=device,
+            precision=auto_precision(len(ia), len(ib), pick_device(device)),  # the whole pass's
+            progress=progress,
+        )  # fmt: skip
+    return {"values": res.values, "indices": ib[res.indices]}, {}
+
+
 def match(
     a: Dictionary,
     b: Dictionary,
     *,
     directions: Directions = "decoder",
-    k_candidates: int = 10,
+    k_candidates: int = K_CANDIDATES,
     dense_limit: int = 4096,
     device: str = "auto",
     forward: Comparison | None = None,
     progress: Progress | None = None,
     cache: ArrayCache | None | bool = True,
+    certify: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    info: dict | None = None,
 ) -> Matching:
     """One-to-one matching of A's included features to B's; indices are feature indices.
 
-    `forward` (a Comparison of A with B, same directions) saves one top-k pass at scale.
-    cache: True uses the default disk cache, False none, or a given ArrayCache. The key is
-    the fingerprints, directions, k_candidates and dense_limit: `forward` stands in for a top-k
-    pass that gives the same candidates (the top-k is exact, ties to the lower index), and
-    `device` does not change exact results, so neither is part of it (as in `compare`).
+    `forward` (a Comparison of A with B, same directions, at least k_candidates wide) saves
+    one top-k pass at scale. `certify` proves the sparse result optimal over all pairs (see
+    `geometry.matching`). Dual potentials come back indexed by position in A's and B's
+    `alive_index`. cache: True uses the default disk cache, False none, or a given
+    ArrayCache. The key is the fingerprints, directions, k_candidates, dense_limit, certify,
+    tolerance and the solver's version (`MATCHING_VERSION`: entries of an earlier, uncertified
+    solver are never served): `forward` stands in for a top-k pass that gives the same
+    candidates (the top-k is exact, ties to the lower index), and `device` does not change
+    exact results, so neither is part of it (as in `compare`). `info` receives the solver's
+    timings when it runs (nothing on a cache hit).
     Raises InputError for a `forward` that is not a comparison of A with B by `directions`.
     """
     ia, ib = a.alive_index, b.alive_index
     if forward is not None and (
-        forward.a_fingerprint, forward.b_fingerprint, forward.directions
+        forward.a_fingerprint,
+        forward.b_fingerprint,
+        forward.directions,
     ) != (a.fingerprint, b.fingerprint, directions):
         raise InputError(
             f"forward is not a {directions} comparison of {a.meta.source} with "
@@ -170,18 +215,23 @@ def match(
         va, vb = _rows(a, directions, ia), _rows(b, directions, ib)
         m = match_one_to_one(
             va, vb, k_candidates=k_candidates, dense_limit=dense_limit, device=device,
-            progress=progress, forward=fwd,
+            progress=progress, forward=fwd, certify=certify, tolerance=tolerance, info=info,
         )  # fmt: skip
         b_index = np.where(m.b_index >= 0, ib[np.maximum(m.b_index, 0)], -1)
         meta = {name: getattr(m, name) for name in _MATCHING_SCALARS}
-        return {"b_index": b_index, "cosine": m.cosine}, meta
+        arrays = {name: getattr(m, name) for name in _MATCHING_ARRAYS}
+        return {**arrays, "b_index": b_index}, meta
 
     key = make_key(
         "match", a.fingerprint, b.fingerprint, directions=directions,
-        k_candidates=k_candidates, dense_limit=dense_limit,
+        k_candidates=k_candidates, dense_limit=dense_limit, certify=certify,
+        tolerance=tolerance, solver=MATCHING_VERSION,
     )  # fmt: skip
     arrays, meta = through(cache, key, compute)
-    return Matching(arrays["b_index"], arrays["cosine"], **meta)
+    return Matching(
+        b_index=arrays["b_index"], cosine=arrays["cosine"], potentials_a=arrays["potentials_a"],
+        potentials_b=arrays["potentials_b"], **meta,
+    )  # fmt: skip
 
 
 def _rows(d: Dictionary, directions: Directions, index: np.ndarray) -> np.ndarray:
@@ -191,5 +241,10 @@ def _rows(d: Dictionary, directions: Directions, index: np.ndarray) -> np.ndarra
     return rows if len(index) == len(rows) else rows[index]
 
 
-# Matching's fields besides its two arrays: stored as JSON (floats round-trip exactly, NaN too).
-_MATCHING_SCALARS = ("total", "mean", "n_matched", "method", "upper_bound", "n_candidates")
+MATCHING_VERSION = 2  # 2: certified sparse solver (lap.py + certificate.py)
+# Matching's fields besides its arrays: stored as JSON (floats round-trip exactly, NaN too).
+_MATCHING_SCALARS = (
+    "total", "mean", "n_matched", "method", "upper_bound", "n_candidates",
+    "certified", "bound", "tolerance", "rounds",
+)  # fmt: skip
+_MATCHING_ARRAYS = ("b_index", "cosine", "potentials_a", "potentials_b")

@@ -53,7 +53,7 @@ from . import _cpu_select
 
 GROUP = 64  # columns per group when shortlisting candidates from a bf16 score block
 _U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
-_SMALL_PAIRS = 2**24  # below this many pairs "auto" takes the float32 path
+SMALL_PAIRS = 2**24  # below this many pairs "auto" takes the float32 path
 _U_ACC = 2.0**-22  # float32 accumulation, with margin for tensor-core accumulation order
 
 
@@ -97,12 +97,24 @@ def pick_device(device: str = "auto") -> torch.device:
 _PRECISION_CHOICE: dict[str, str] = {}
 
 
+def auto_precision(n_a: int, n_b: int, device: torch.device) -> str:
+    """The path precision="auto" takes for an n_a x n_b pass: float32 for small passes (fast
+    enough, and no timing of the hardware), else `pick_precision(device)`."""
+    return "fp32" if n_a * n_b < SMALL_PAIRS else pick_precision(device)
+
+
 def pick_precision(device: torch.device) -> str:
     """The fastest exact path for this device: "bf16" (candidates + re-score) or "fp32".
 
     GPUs with tensor cores always gain from bf16; on CPUs it depends on the hardware
     (bf16 units or not), so time one small product of each kind once per process.
+    `$SAE_TOPK_PRECISION` (bf16 or fp32) overrides it: the two paths' values can differ in
+    the last float32 bit, and processes that must agree bit for bit (a Ray run's tasks)
+    cannot rely on a timing.
     """
+    forced = settings.TOPK_PRECISION.get()
+    if forced != "auto":
+        return forced
     key = str(device)
     if key not in _PRECISION_CHOICE:
         if device.type == "cuda":
@@ -141,6 +153,7 @@ def topk_cosine(
     device: str = "auto",
     precision: str = "auto",
     block_rows: int | None = None,
+    rows: slice | None = None,
     progress: Callable[[int, int], None] | None = None,
     info: dict | None = None,
 ) -> TopK:
@@ -151,6 +164,11 @@ def topk_cosine(
     float64 reference within ~1e-6; ties are broken towards the lower index.
     `precision` is "auto", "bf16" or "fp32"; `info`, if given, receives what was done
     (path, device, rows that fell back to fp32).
+    `rows` (a step-1 slice) computes only those rows of `a`, still against all of `b` (of
+    `a` itself when b is None): one shard of the pass, results [len(rows), k]. The path
+    ("auto") is chosen from the whole pass's size, and rows are scored in blocks of
+    `block_rows` counted from row 0, so shards starting at multiples of `block_rows` give
+    the very bits of the unsharded pass (block shapes change the last bit of float32 sums).
     """
     self_mode = b is None
     dev = pick_device(device)
@@ -163,30 +181,33 @@ def topk_cosine(
     if not 1 <= k <= limit:
         raise ValueError(f"k={k} must be between 1 and {limit} (the number of targets)")
     if precision == "auto":
-        # small problems: float32 is fast enough and needs no timing of the hardware
-        precision = "fp32" if n_a * n_b < _SMALL_PAIRS else pick_precision(dev)
+        precision = auto_precision(n_a, n_b, dev)
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {precision!r}")
 
-    bm = block_rows or _default_block_rows(dev, n_b)
-    values = torch.empty((n_a, k), dtype=torch.float32)
-    indices = torch.empty((n_a, k), dtype=torch.int64)
+    bm = block_rows or default_block_rows(dev.type, n_b)
+    start, stop, step = (rows or slice(None)).indices(n_a)
+    if step != 1:
+        raise ValueError(f"rows must be a slice with step 1, got {rows}")
+    m = max(0, stop - start)
+    values = torch.empty((m, k), dtype=torch.float32)
+    indices = torch.empty((m, k), dtype=torch.int64)
     run = _bf16_engine(tb, k) if precision == "bf16" else None
     fallback_rows = 0
-    label = f"top-{k} of {n_a:,} x {n_b:,} on {dev}"
-    with exclusive(str(dev), label, n_a * n_b), _no_tf32():
-        for r0 in range(0, n_a, bm):
-            r1 = min(n_a, r0 + bm)
-            self_offset = r0 if self_mode else None
+    label = f"top-{k} of {m:,} x {n_b:,} on {dev}"
+    with exclusive(str(dev), label, m * n_b), _no_tf32():
+        for r0 in range(start - start % bm, stop, bm):  # blocks counted from row 0
+            lo, r1 = max(start, r0), min(stop, r0 + bm)
+            self_offset = lo if self_mode else None
             if run is None:
-                v, i = _exact_block(ta[r0:r1], tb, k, self_offset)
+                v, i = _exact_block(ta[lo:r1], tb, k, self_offset)
             else:
-                v, i, n_fb = run.block(ta[r0:r1], self_offset)
+                v, i, n_fb = run.block(ta[lo:r1], self_offset)
                 fallback_rows += n_fb
-            values[r0:r1] = v.cpu()
-            indices[r0:r1] = i.cpu()
+            values[lo - start : r1 - start] = v.cpu()
+            indices[lo - start : r1 - start] = i.cpu()
             if progress is not None:
-                progress(r1, n_a)
+                progress(r1 - start, m)
     if info is not None:
         info.update(path=precision, device=str(dev), block_rows=bm, fallback_rows=fallback_rows)
         info.update(engine=run.engine if run is not None else "torch")
@@ -203,10 +224,12 @@ def _to_device(x: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Tensor:
     return t.to(device=dev, dtype=torch.float32).contiguous()
 
 
-def _default_block_rows(dev: torch.device, n_b: int) -> int:
+def default_block_rows(device_type: str, n_b: int) -> int:
     """Rows per block: float32-sized score blocks of ~96 MB on CPU, ~3 GB on a GPU (where
-    bf16 blocks of ~16k rows ran fastest on an H100; see docs/benchmarks.md)."""
-    budget = 3 * 2**30 if dev.type == "cuda" else 96 * 2**20
+    bf16 blocks of ~16k rows ran fastest on an H100; see docs/benchmarks.md), or
+    `$SAE_TOPK_BLOCK_MB` on any device. Public because row shards align to it."""
+    mb = settings.TOPK_BLOCK_MB.get()
+    budget = mb * 2**20 if mb is not None else 3 * 2**30 if device_type == "cuda" else 96 * 2**20
     rows = budget // max(1, 4 * n_b)
     return int(max(64, min(16384, rows)))
 
