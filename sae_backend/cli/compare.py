@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..dictionary import Dictionary
     from ..geometry.compare import Comparison
     from ..geometry.matching import Matching
+    from ..geometry.shared import MatchedPairs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..geometry.compare import compare, match
+    from ..geometry.shared import matched_pairs
 
     if (args.match_json or args.match_csv) and not args.match:
         raise SAEError("--match-json and --match-csv need --match")
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             a, b, directions=args.directions, k=k, device=args.device,
             progress=tick, cache=not args.no_cache,
         )  # fmt: skip
-    matched = None
+    matched, pairs = None, None
     texts: dict[Path, str] = {}
     if b is not None and args.match:
         with Bar(n_a + len(b.alive_index), "matching") as tick:
@@ -83,14 +85,15 @@ def run(args: argparse.Namespace) -> int:
                 a, b, directions=args.directions, device=args.device, progress=tick,
                 forward=res, k_candidates=min(k, _match_k(a, b)), cache=not args.no_cache,
             )  # fmt: skip
-        texts = _match_exports(args, a, b, matched)
+        pairs = matched_pairs(a, b, matched, args.directions, cache=not args.no_cache)
+        texts = _match_exports(args, a, b, matched, pairs)
     res = replace(res, values=res.values[:, : args.k], indices=res.indices[:, : args.k])
     write_csv(Path(args.output), res, matched, args.k)
     for path, text in texts.items():
         write_atomic(path, text)
     print_summary(a, b, res, matched)
-    if matched is not None and b is not None:
-        print_shared(a, b, matched, args)
+    if pairs is not None:
+        print_shared(pairs, args)
     return 0
 
 
@@ -100,13 +103,11 @@ def _match_k(a: Dictionary, b: Dictionary) -> int:
 
 
 def _match_exports(
-    args: argparse.Namespace, a: Dictionary, b: Dictionary, m: Matching
+    args: argparse.Namespace, a: Dictionary, b: Dictionary, m: Matching, pairs: MatchedPairs
 ) -> dict[Path, str]:
     """The --match-json / --match-csv texts, built before anything is written."""
-    from ..geometry.shared import matched_pairs
     from ..matching_export import matching_document, matching_records, to_csv, to_json
 
-    pairs = matched_pairs(a, b, m, args.directions)
     out: dict[Path, str] = {}
     if args.match_json:
         doc = matching_document(a, b, m, pairs, tau=args.tau, sources=(args.src_a, args.src_b))
@@ -171,10 +172,10 @@ def print_summary(
         )
 
 
-def print_shared(a: Dictionary, b: Dictionary, m: Matching, args: argparse.Namespace) -> None:
-    from ..geometry.shared import matched_pairs, shared_summary
+def print_shared(pairs: MatchedPairs, args: argparse.Namespace) -> None:
+    from ..geometry.shared import shared_summary
 
-    s = shared_summary(matched_pairs(a, b, m, args.directions), args.tau)
+    s = shared_summary(pairs, args.tau)
     both = "n/a (no encoder)" if math.isnan(s.fraction_shared) else f"{s.fraction_shared:.3f}"
     print(
         f"  shared at tau={s.tau:g}: decoder and encoder {both}, decoder only "
