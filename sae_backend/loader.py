@@ -11,21 +11,24 @@ alone, because they mean a bug in our code, not in the user's file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import sources
 from .cache import ArrayCache, make_key, resolve_cache
-from .dictionary import Dictionary, RawSAE
+from .dictionary import Dictionary, RawSAE, unit_matrix
 from .errors import FormatError, InputError, SAEError, one_line
 from .formats import LoadOptions, read_sae
 from .sources._download import PARTIAL_PREFIX
-from .types import DownloadProgress, Orientation
+from .types import Directions, DownloadProgress, Orientation
 from .uri import parse_uri
 
 # Exceptions that malformed input can raise from deep inside numpy/torch/yaml/zipfile.
@@ -51,6 +54,7 @@ def load(
     format: str | None = None,
     progress: DownloadProgress | None = None,
     cache: ArrayCache | bool = True,
+    on_read: Callable[[], None] | None = None,
 ) -> Dictionary:
     """Load the SAE dictionary named by `uri` (a local path or wandb:/hf:/saelens: URI).
 
@@ -60,7 +64,11 @@ def load(
     format:      force a reader by name (see `sae_backend.formats.format_names()`).
     progress:    progress(done, total, what) callback for downloads.
     cache:       True: the default disk cache (keyed by the files' paths, sizes and mtimes
-                 plus these options), False: none, or a given ArrayCache.
+                 plus these options), False: none, or a given ArrayCache. It holds the
+                 fingerprint and small arrays; the decoder and encoder rows are read from
+                 the files when first used (`Dictionary.decoder`), the same way.
+    on_read:     called before the files are read (no cache, or not in it): lets a caller
+                 start what a computation will need (the CLI imports torch meanwhile).
     Raises an SAEError subclass (one-line message) for every expected problem.
     """
     if orientation is not None and orientation not in ("rows", "columns"):
@@ -76,28 +84,52 @@ def load(
         key=key,
     )
 
+    identity = _files_identity(resolved.path)
+
+    def reload(kind: Directions) -> np.ndarray:
+        """The unit rows of `kind`, read again from the same, unchanged files."""
+        if _files_identity(resolved.path) != identity:
+            raise InputError(f"{ref}: its files changed since it was loaded; load it again")
+        raw, _ = _read(resolved.path, opts, format)
+        rows = raw.decoder if kind == "decoder" else raw.encoder
+        if rows is None:
+            raise FormatError(f"{ref}: this dictionary has no {kind} directions")
+        with _data_errors(resolved.path):
+            return unit_matrix(rows, kind, str(ref))
+
     def build() -> Dictionary:
+        if on_read is not None:
+            on_read()
         raw, name = _read(resolved.path, opts, format)
         if resolved.alive_indices is not None:
             raw.alive = _alive_mask(resolved.alive_indices, raw.decoder.shape[0], str(ref))
             raw.meta["alive_from"] = resolved.meta.get("alive_from", f"{ref.scheme} source")
         raw.meta.update({k: v for k, v in resolved.meta.items() if k != "alive_from"})
-        return Dictionary.from_raw(raw, source=str(ref), format=name)
+        with _data_errors(resolved.path):  # lazily read matrices are read here
+            return Dictionary.from_raw(raw, source=str(ref), format=name, reload=reload)
 
     store = resolve_cache(cache)
     if store is None:
         return build()
     cache_key = make_key(
         "dictionary",
-        _files_identity(resolved.path),
+        identity,
         source=str(ref),
         position=opts.position,
         orientation=orientation,
         key=key,
         format=format,
         source_says=_digest(repr((resolved.alive_indices, sorted(resolved.meta.items())))),
+        entry="without unit rows",  # read on first use, from the files (dictionary.py)
     )
-    return Dictionary.from_entry(*store.get_or_compute(cache_key, lambda: build().to_entry()))
+    built: list[Dictionary] = []  # a dictionary read now keeps the unit decoder it made
+
+    def compute() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        built.append(build())
+        return built[0].to_entry()
+
+    arrays, info = store.get_or_compute(cache_key, compute)
+    return built[0] if built else Dictionary.from_entry(arrays, info, reload)
 
 
 def _files_identity(path: Path, limit: int = 2000) -> str:
@@ -132,8 +164,15 @@ def _digest(text: str) -> str:
 
 def _read(path: Path, opts: LoadOptions, format: str | None) -> tuple[RawSAE, str]:
     """read_sae with low-level data errors turned into one FormatError line naming `path`."""
-    try:
+    with _data_errors(path):
         return read_sae(path, opts, format)
+
+
+@contextlib.contextmanager
+def _data_errors(path: Path) -> Iterator[None]:
+    """Low-level data errors inside as one FormatError line naming `path`."""
+    try:
+        yield
     except SAEError:
         raise
     except _DATA_ERRORS as e:

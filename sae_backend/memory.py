@@ -13,7 +13,9 @@ shared: each waiter then tries itself, so one session's interrupted run cannot f
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -136,9 +138,13 @@ class MemoryLRU:
 
 def nbytes(obj: Any, depth: int = 3) -> int:
     """Bytes of the numpy arrays `obj` holds: itself, or in its fields, tuples, lists and dicts
-    (a Dictionary, a Comparison, a Matching); views of one base count once per view."""
+    (a Comparison, a Matching), or its own `nbytes` (a Dictionary, whose unit rows are read
+    on first use, counts them as held); views of one base count once per view."""
     if isinstance(obj, np.ndarray):
         return int(obj.nbytes)
+    declared = getattr(obj, "nbytes", None)  # an object that reads arrays lazily says its size
+    if isinstance(declared, int):
+        return declared
     if depth == 0 or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
         return 0
     if isinstance(obj, dict):
@@ -152,3 +158,19 @@ def nbytes(obj: Any, depth: int = 3) -> int:
     else:
         return 0
     return sum(nbytes(c, depth - 1) for c in children)
+
+
+def return_free_memory() -> None:
+    """Give the heap's free memory back to the system (glibc's malloc_trim; elsewhere a no-op).
+
+    Why: glibc keeps freed blocks below its (growing) mmap threshold for reuse, so after a
+    large temporary computation (a top-k pass's bf16 copies and score blocks) the process's
+    resident size stays at its peak, and the next step's allocations stack on top of it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim  # glibc (musl has none: AttributeError)
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

@@ -33,7 +33,7 @@ from .cache import ArrayCache, make_key, resolve_cache, through
 from .dictionary import Dictionary
 from .errors import InputError
 from .geometry.compare import check_comparable
-from .geometry.topk import topk_cosine
+from .memory import return_free_memory
 from .types import Directions, Float32, Int32, Int64, Progress
 
 __all__ = [
@@ -130,6 +130,8 @@ def knn_graph(
     distance 1 - cos (ascending; ties towards the lower index), clipped to [0, 2] so float32
     rounding never makes a distance negative.
     """
+    from .geometry.topk import topk_cosine  # torch: only when a graph is computed
+
     n = int(x.shape[0])
     top = topk_cosine(x, None, n_neighbors - 1, device=device, progress=progress)
     indices = np.empty((n, n_neighbors), dtype=np.int64)
@@ -158,6 +160,7 @@ def umap_embedding(
     cache: ArrayCache | bool | None = ...,
     progress: Progress | None = ...,
     only_cached: Literal[False] = ...,
+    release_rows: bool = ...,
 ) -> Embedding: ...
 
 
@@ -174,6 +177,7 @@ def umap_embedding(
     cache: ArrayCache | bool | None = ...,
     progress: Progress | None = ...,
     only_cached: bool,
+    release_rows: bool = ...,
 ) -> Embedding | None: ...
 
 
@@ -189,6 +193,7 @@ def umap_embedding(
     cache: ArrayCache | bool | None = True,
     progress: Progress | None = None,
     only_cached: bool = False,
+    release_rows: bool = False,
 ) -> Embedding | None:
     """One UMAP (cosine metric) of the included features of all `dicts`, computed once.
 
@@ -200,10 +205,14 @@ def umap_embedding(
     and a last call (total, total) when the embedding is ready (also on a cache hit).
     only_cached: return the cached embedding or None, never compute (a page can then show a
     precomputed embedding at once and ask before a long computation).
+    release_rows: once the points are stacked, let the dictionaries forget their held unit
+    rows (read again from the files when next used): a one-shot caller's memory (the CLI).
     Raises InputError for mismatched d_model, a missing encoder or parameters out of range.
     """
-    x, dict_index, feature = stack(dicts, directions)
-    n = len(x)
+    if len(dicts) == 0:
+        raise InputError("a UMAP embedding needs at least one dictionary")
+    check_comparable(dicts, directions, what="embed")
+    n = sum(d.n_alive for d in dicts)  # the points; their rows are read only to compute
     n_neighbors = _whole(n_neighbors, "n_neighbors")
     hi = min(n - 1, MAX_NEIGHBORS)
     if not 2 <= n_neighbors <= hi:
@@ -235,7 +244,12 @@ def umap_embedding(
     total = n + n_epochs
 
     def compute() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        x, dict_index, feature = stack(dicts, directions)
+        if release_rows:  # x holds the only copy the rest needs
+            for d in dicts:
+                d.release(directions)
         knn = knn_graph(x, n_neighbors, device=device, progress=_offset(progress, 0, total))
+        return_free_memory()  # the kNN pass's freed blocks, before umap allocates its own
         xy = _fit(x, knn, params, _offset(progress, n, total))
         return {"xy": xy, "dict_index": dict_index, "feature": feature}, {"params": params}
 

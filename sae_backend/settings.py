@@ -26,6 +26,7 @@ from .types import PRECISIONS, TOPK_ENGINES, Precision, TopkEngine
 T = TypeVar("T")
 
 DemoKind = Literal["real", "toy"]
+KernelChoice = Literal["auto", "off"]
 
 
 def _positive_int(text: str) -> int:
@@ -57,6 +58,13 @@ def _demo(text: str) -> DemoKind:
     if value not in ("real", "toy"):
         raise ValueError("expected 'real' or 'toy'")
     return cast(DemoKind, value)
+
+
+def _kernel(text: str) -> KernelChoice:
+    value = text.lower()
+    if value not in ("auto", "off"):
+        raise ValueError("expected 'auto' or 'off'")
+    return cast(KernelChoice, value)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,10 @@ MEMORY_BUDGET_MB = Variable(
 DEMO: Variable[DemoKind] = Variable(
     "SAE_DEMO", "real", _demo, "which bundled demo the dashboard opens with: real or toy"
 )
+CPU_KERNEL: Variable[KernelChoice] = Variable(
+    "SAE_CPU_KERNEL", "auto", _kernel,
+    "auto: build (once) and use the compiled CPU top-k selection; off: torch's (same results)",
+)  # fmt: skip
 HOSTED: Variable[Path | None] = Variable(
     "SAE_HOSTED", None, _path, "hosted settings TOML; unset means local mode"
 )
@@ -132,6 +144,7 @@ VARIABLES: tuple[Variable, ...] = (
     MAX_ARRAY_BYTES,
     MEMORY_BUDGET_MB,
     DEMO,
+    CPU_KERNEL,
     HOSTED,
     TOPK_ENGINE,
 )

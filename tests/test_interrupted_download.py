@@ -401,7 +401,9 @@ print("loaded", flush=True)
 
 def test_kill_during_cache_write_leaves_no_entry(tmp_path):
     pytest.importorskip("diskcache")
-    dec, enc = dictionary_rows(512, 64, seed=8)  # entry above diskcache's 32 KB in-row limit
+    # the entry (norms and alive, 5 bytes a feature: unit rows are read from the files, not
+    # cached) above diskcache's 32 KB in-row limit, so it goes to a value file
+    dec, enc = dictionary_rows(8192, 8, seed=8)
     path = write_e2e_hf(tmp_path / "sae" / "layer_6.pt", dec, enc)
     done = subprocess.run(
         [sys.executable, "-c", TORN_CACHE_CHILD, str(path)],

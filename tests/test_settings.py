@@ -34,6 +34,8 @@ def test_unset_or_blank_gives_the_default(variable, monkeypatch):
         (settings.DEMO, "real", "real"),
         (settings.TOPK_ENGINE, "Triton", "triton"),
         (settings.TOPK_ENGINE, "torch", "torch"),
+        (settings.CPU_KERNEL, "OFF", "off"),
+        (settings.CPU_KERNEL, "auto", "auto"),
     ],
 )
 def test_values_are_parsed(variable, text, value, monkeypatch):

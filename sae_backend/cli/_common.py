@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,9 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="force a reader (default: detected)")
 
 
-def load_source(src: str, args: argparse.Namespace) -> Dictionary:
+def load_source(
+    src: str, args: argparse.Namespace, on_read: Callable[[], None] | None = None
+) -> Dictionary:
     """`load(src)` with the command's load options and a download progress bar."""
     from ..loader import load
 
@@ -44,7 +48,45 @@ def load_source(src: str, args: argparse.Namespace) -> Dictionary:
         key=args.key,
         format=args.format,
         progress=download_progress(),
+        on_read=on_read,
     )
+
+
+def load_sources(srcs: Sequence[str], args: argparse.Namespace) -> list[Dictionary]:
+    """`load_source` of each of `srcs`, side by side in threads (reading, normalising and
+    hashing let go of the GIL). When one of them has to be read from its files (not in the
+    cache), a computation almost surely follows, so torch and the CPU kernel are loaded
+    meanwhile in another thread; a cached answer never imports them. Errors come in the
+    order of `srcs`."""
+    prepare = _ComputePrep()
+    with ThreadPoolExecutor(max_workers=max(1, min(len(srcs), 2))) as pool:
+        futures = [pool.submit(load_source, s, args, prepare.start) for s in srcs]
+        return [f.result() for f in futures]
+
+
+class _ComputePrep:
+    """Imports torch and loads the compiled kernel in a thread, started at most once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self.lock:
+            if self.thread is None:  # not a daemon: never cut off in the middle of an import
+                self.thread = threading.Thread(target=_prepare_compute, name="sae-prepare")
+                self.thread.start()
+
+
+def _prepare_compute() -> None:
+    try:
+        import torch  # noqa: F401
+
+        from ..geometry import _cpu_select
+
+        _cpu_select.kernel(quiet=True)
+    except Exception:  # the computation itself will meet (and report) whatever failed here
+        pass
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -71,13 +113,15 @@ class Bar:
         self.total, self.what, self.unit = total, what, unit
 
     def __enter__(self) -> Progress:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, desc=self.what, unit=self.unit, file=sys.stderr,
-                        disable=None, leave=False)  # fmt: skip
+        self.bar: Any = None  # made at the first update: a cached answer needs no tqdm
         return self.update
 
     def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.what, unit=self.unit, file=sys.stderr,
+                            disable=None, leave=False)  # fmt: skip
         if total != self.bar.total:
             self.bar.total = total
         self.bar.update(done - self.bar.n)
@@ -88,18 +132,19 @@ class Bar:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def download_progress() -> DownloadProgress:
     """progress(done, total, what) for downloads, printed as a tqdm bar per file."""
-    from tqdm import tqdm
-
     bars: dict[str, Any] = {}
 
     def update(done: int, total: int | None, what: str) -> None:
         bar = bars.get(what)
         if bar is None:
+            from tqdm import tqdm
+
             bar = bars[what] = tqdm(total=total, desc=what, unit="B", unit_scale=True,
                                     file=sys.stderr, disable=None, leave=False)  # fmt: skip
         bar.update(done - bar.n)

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from ..errors import SAEError
 from ..geometry.compare import MAX_K
 from ..geometry.matching import K_CANDIDATES
 from ..types import DIRECTIONS
-from ._common import Bar, add_compute_options, add_load_options, load_source, write_atomic
+from ._common import Bar, add_compute_options, add_load_options, load_sources, write_atomic
 
 if TYPE_CHECKING:
     from ..dictionary import Dictionary
     from ..geometry.compare import Comparison
     from ..geometry.matching import Matching
+    from ..geometry.shared import MatchedPairs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,13 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..geometry.compare import compare, match
+    from ..geometry.shared import matched_pairs
 
     if (args.match_json or args.match_csv) and not args.match:
         raise SAEError("--match-json and --match-csv need --match")
     if not -1.0 <= args.tau <= 1.0:
         raise SAEError(f"--tau must be a cosine between -1 and 1, got {args.tau}")
-    a = load_source(args.src_a, args)
-    b = None if args.src_b is None else load_source(args.src_b, args)
+    a, *rest = load_sources([args.src_a, *([] if args.src_b is None else [args.src_b])], args)
+    b = rest[0] if rest else None
     if args.match and b is None:
         raise SAEError("--match needs two dictionaries (SRC_A SRC_B)")
     n_a = len(a.alive_index)
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             a, b, directions=args.directions, k=k, device=args.device,
             progress=tick, cache=not args.no_cache,
         )  # fmt: skip
-    matched = None
+    matched, pairs = None, None
     texts: dict[Path, str] = {}
     if b is not None and args.match:
         with Bar(n_a + len(b.alive_index), "matching") as tick:
@@ -86,14 +85,15 @@ def run(args: argparse.Namespace) -> int:
                 a, b, directions=args.directions, device=args.device, progress=tick,
                 forward=res, k_candidates=min(k, _match_k(a, b)), cache=not args.no_cache,
             )  # fmt: skip
-        texts = _match_exports(args, a, b, matched)
+        pairs = matched_pairs(a, b, matched, args.directions, cache=not args.no_cache)
+        texts = _match_exports(args, a, b, matched, pairs)
     res = replace(res, values=res.values[:, : args.k], indices=res.indices[:, : args.k])
     write_csv(Path(args.output), res, matched, args.k)
     for path, text in texts.items():
         write_atomic(path, text)
     print_summary(a, b, res, matched)
-    if matched is not None and b is not None:
-        print_shared(a, b, matched, args)
+    if pairs is not None:
+        print_shared(pairs, args)
     return 0
 
 
@@ -103,13 +103,11 @@ def _match_k(a: Dictionary, b: Dictionary) -> int:
 
 
 def _match_exports(
-    args: argparse.Namespace, a: Dictionary, b: Dictionary, m: Matching
+    args: argparse.Namespace, a: Dictionary, b: Dictionary, m: Matching, pairs: MatchedPairs
 ) -> dict[Path, str]:
     """The --match-json / --match-csv texts, built before anything is written."""
-    from ..geometry.shared import matched_pairs
     from ..matching_export import matching_document, matching_records, to_csv, to_json
 
-    pairs = matched_pairs(a, b, m, args.directions)
     out: dict[Path, str] = {}
     if args.match_json:
         doc = matching_document(a, b, m, pairs, tau=args.tau, sources=(args.src_a, args.src_b))
@@ -120,31 +118,27 @@ def _match_exports(
 
 
 def write_csv(path: Path, res: Comparison, matched: Matching | None, k: int) -> None:
-    """The compare table, one row per included feature of A, written whole or not at all."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
+    """The compare table, one row per included feature of A, written whole or not at all.
+
+    The layout of the csv module's default dialect (comma, CRLF; no field here needs
+    quoting), built a column at a time from Python lists: 46,080 rows in a fraction of
+    csv.writer's time, which a cached answer would otherwise mostly spend here."""
     header = ["feature", "max_cos", "nearest"]
+    columns = [
+        [str(f) for f in res.a_index.tolist()],
+        [f"{v:.7f}" for v in res.values[:, 0].tolist()],
+        [str(j) for j in res.indices[:, 0].tolist()],
+    ]
     if k > 1:
         header += ["neighbours", "cosines"]
+        columns.append([" ".join(map(str, row)) for row in res.indices.tolist()])
+        columns.append([" ".join(f"{v:.7f}" for v in row) for row in res.values.tolist()])
     if matched is not None:
         header += ["matched", "matched_cos"]
-    w.writerow(header)
-    for row in range(len(res.a_index)):
-        line: list[object] = [
-            int(res.a_index[row]),
-            f"{res.values[row, 0]:.7f}",
-            int(res.indices[row, 0]),
-        ]
-        if k > 1:
-            line += [
-                " ".join(str(int(i)) for i in res.indices[row]),
-                " ".join(f"{v:.7f}" for v in res.values[row]),
-            ]
-        if matched is not None:
-            j, c = int(matched.b_index[row]), float(matched.cosine[row])
-            line += [j, "" if np.isnan(c) else f"{c:.7f}"]
-        w.writerow(line)
-    write_atomic(path, buf.getvalue())
+        columns.append([str(j) for j in matched.b_index.tolist()])
+        columns.append(["" if c != c else f"{c:.7f}" for c in matched.cosine.tolist()])  # NaN: ""
+    lines = [",".join(header), *(",".join(fields) for fields in zip(*columns, strict=True))]
+    write_atomic(path, "\r\n".join(lines) + "\r\n")
 
 
 def print_summary(
@@ -178,11 +172,11 @@ def print_summary(
         )
 
 
-def print_shared(a: Dictionary, b: Dictionary, m: Matching, args: argparse.Namespace) -> None:
-    from ..geometry.shared import matched_pairs, shared_summary
+def print_shared(pairs: MatchedPairs, args: argparse.Namespace) -> None:
+    from ..geometry.shared import shared_summary
 
-    s = shared_summary(matched_pairs(a, b, m, args.directions), args.tau)
-    both = "n/a (no encoder)" if np.isnan(s.fraction_shared) else f"{s.fraction_shared:.3f}"
+    s = shared_summary(pairs, args.tau)
+    both = "n/a (no encoder)" if math.isnan(s.fraction_shared) else f"{s.fraction_shared:.3f}"
     print(
         f"  shared at tau={s.tau:g}: decoder and encoder {both}, decoder only "
         f"{s.fraction_shared_decoder:.3f}; orphans: {s.n_orphans_a} in A, {s.n_orphans_b} in B"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import SAEError
 from ..types import DIRECTIONS
-from ._common import Bar, add_compute_options, add_load_options, load_source, write_atomic
+from ._common import Bar, add_compute_options, add_load_options, load_sources, write_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_cache and args.output is None:
         raise SAEError("nothing to do: --no-cache without --output would compute and discard")
-    dicts = [load_source(src, args) for src in args.srcs]
+    dicts = load_sources(args.srcs, args)
     n = sum(len(d.alive_index) for d in dicts)
     with Bar(n + default_epochs(n), "umap (kNN rows, then epochs)", unit="step") as tick:
         emb = umap_embedding(
             dicts, directions=args.directions, n_neighbors=args.n_neighbors,
             min_dist=args.min_dist, seed=args.seed, device=args.device,
-            cache=not args.no_cache, progress=tick,
+            cache=not args.no_cache, progress=tick, release_rows=True,
         )  # fmt: skip
     if args.output is not None:
         table = emb.to_rows(args.srcs)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..errors import fail, list_names
-from ._safe_io import torch_to_numpy
+from ._safe_io import SafetensorsMatrix, torch_to_numpy
 
 
 def json_safe(value: Any) -> Any:
@@ -68,6 +68,24 @@ def matrix(value: Any, path: Path, key: str) -> np.ndarray:
     return arr
 
 
+def lazy_matrix(value: SafetensorsMatrix, path: Path, key: str) -> SafetensorsMatrix:
+    """`matrix` for a matrix read later: its shape is checked now, NaN/Inf as it is read
+    (`SafetensorsMatrix.nonfinite` words the error as `matrix` does)."""
+    if 0 in value.shape:
+        raise fail(path, f"{key} is empty (shape {list(value.shape)})")
+    return value
+
+
+M = TypeVar("M", np.ndarray, SafetensorsMatrix)
+
+
+def any_matrix(value: Any, path: Path, key: str) -> Any:
+    """`lazy_matrix` for a matrix read later, else `matrix`."""
+    if isinstance(value, SafetensorsMatrix):
+        return lazy_matrix(value, path, key)
+    return matrix(value, path, key)
+
+
 def vector(value: Any, path: Path, key: str, n: int | None = None) -> np.ndarray:
     """A 1-D float array of length `n` (when given); NaN is rejected, +-inf allowed."""
     arr = to_numpy(value, path, key)
@@ -108,7 +126,7 @@ def first_key(mapping: Mapping[str, Any], candidates: Iterable[str]) -> str | No
 
 
 def feature_rows(
-    arr: np.ndarray,
+    arr: M,
     path: Path,
     key: str,
     *,
@@ -117,7 +135,7 @@ def feature_rows(
     d: int | None = None,
     n: int | None = None,
     why: str = "",
-) -> np.ndarray:
+) -> M:
     """[n, d] feature rows from a stored 2-D matrix, checked against known sizes.
 
     axes:         names of the stored axes in file order, e.g. ("d_in", "n_dict").

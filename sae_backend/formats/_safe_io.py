@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import lzma
 import math
+import os
 import pickle
 import pickletools
 import re
@@ -243,6 +244,128 @@ def load_safetensors(path: Path, keys: Iterable[str] | None = None) -> dict[str,
         ) from e
     except MemoryError as e:
         raise _out_of_memory(path, e) from e
+
+
+class SafetensorsMatrix:
+    """A 2-D float tensor of a safetensors file, read a range of rows at a time, on demand.
+
+    Why: a dictionary's decoder and encoder are 140 MB each at the paper's size; reading them
+    whole (and mmapped: mapped pages count as the process's memory) costs memory a decoder
+    comparison does not need. Rows come from plain `preadv` calls into fresh arrays, so only
+    what is asked for is ever resident. `.T` is the transposed view (a stored [d, n] encoder
+    read as [n, d] feature rows, a column range at a time). The file was validated by the
+    safetensors library (`safetensors_header`) before one of these is made; the offsets are
+    checked again against the file's size here.
+    """
+
+    def __init__(
+        self, path: Path, key: str, shape: tuple[int, int], dtype: str, start: int,
+        transposed: bool = False,
+    ):  # fmt: skip
+        self.path, self.key, self.stored_shape, self.stored_dtype = path, key, shape, dtype
+        self.start, self.transposed = start, transposed
+        self.file_dtype = _NUMPY_DTYPES[dtype]
+        self.dtype = np.dtype(np.float32) if dtype == "BF16" else self.file_dtype
+        self.shape = shape[::-1] if transposed else shape
+        self.ndim = 2
+
+    @property
+    def T(self) -> SafetensorsMatrix:
+        return SafetensorsMatrix(
+            self.path, self.key, self.stored_shape, self.stored_dtype, self.start,
+            not self.transposed,
+        )  # fmt: skip
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi-1 of this (possibly transposed) matrix, [hi - lo, shape[1]]."""
+        n_rows, n_cols = self.stored_shape
+        size = self.file_dtype.itemsize
+        try:
+            with open(self.path, "rb") as f:
+                fd = f.fileno()
+                if not self.transposed:
+                    out = np.empty((hi - lo, n_cols), self.file_dtype)
+                    _pread_exact(fd, out.data.cast("B"), self.start + lo * n_cols * size)
+                else:  # columns lo..hi-1 of every stored row
+                    stored = np.empty((n_rows, hi - lo), self.file_dtype)
+                    for r in range(n_rows):
+                        at = self.start + (r * n_cols + lo) * size
+                        _pread_exact(fd, stored[r].data.cast("B"), at)
+                    out = np.ascontiguousarray(stored.T)
+        except OSError as e:
+            raise fail(self.path, f"cannot read {self.key}: {_reason(e)}") from e
+        if self.stored_dtype == "BF16":  # bfloat16 is the top half of a float32
+            out = (out.astype(np.uint32) << 16).view(np.float32)
+        return out
+
+    def read(self) -> np.ndarray:
+        """The whole matrix."""
+        return self.rows(0, self.shape[0])
+
+    def nonfinite(self) -> FormatError:
+        """The error for NaN/Inf values, counted over the whole matrix (as `matrix` words it)."""
+        n_nan = n_inf = 0
+        step = max(1, 2**24 // max(1, self.shape[1]))
+        for lo in range(0, self.shape[0], step):
+            chunk = self.rows(lo, min(self.shape[0], lo + step))
+            n_nan += int(np.isnan(chunk).sum())
+            n_inf += int(np.isinf(chunk).sum())
+        return fail(self.path, f"{self.key} contains {n_nan} NaN and {n_inf} Inf values")
+
+
+def _pread_exact(fd: int, buf: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done:]], offset + done)
+        if got <= 0:
+            raise OSError("file ended early (truncated since it was checked?)")
+        done += got
+
+
+# numpy dtypes of the float tensors a SafetensorsMatrix reads (BF16 as its raw 16 bits)
+_NUMPY_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+}  # fmt: skip
+
+
+def safetensors_matrix(path: Path, key: str) -> SafetensorsMatrix | None:
+    """A lazily read view of 2-D float tensor `key`, or None when the tensor is not a 2-D
+    float tensor of a dtype read here (the caller then loads it whole, with its checks)."""
+    header = safetensors_header(path)  # the library validates the whole header first
+    shape, dtype = header[key]
+    if len(shape) != 2 or dtype not in _NUMPY_DTYPES or 0 in shape:
+        return None
+    size = _SAFETENSORS_ITEMSIZE[dtype]
+    check_array_size(path, key, shape, dtype, size)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > 100 * 2**20:
+                raise fail(path, "safetensors header over 100 MB")
+            raw = json.loads(f.read(n))
+            lo, hi = (int(x) for x in raw[key]["data_offsets"])
+            end = os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise fail(path, f"truncated or corrupted safetensors file ({_reason(e)})") from e
+    if hi - lo != math.prod(shape) * size or not 0 <= lo <= hi <= end - 8 - n:
+        raise fail(path, f"corrupted header: {key}'s byte range does not fit its shape")
+    return SafetensorsMatrix(path, key, (int(shape[0]), int(shape[1])), dtype, 8 + n + lo)
+
+
+def load_safetensors_lazily(path: Path, keys: Iterable[str]) -> dict[str, Any]:
+    """`load_safetensors`, but 2-D float tensors come as `SafetensorsMatrix` (read later)."""
+    present = safetensors_header(path)
+    out: dict[str, Any] = {}
+    for k in keys:
+        if k in present:
+            lazy = safetensors_matrix(path, k)
+            if lazy is not None:
+                out[k] = lazy
+    rest = [k for k in keys if k in present and k not in out]
+    if rest:
+        out.update(load_safetensors(path, rest))
+    return out
 
 
 # bytes per element by safetensors dtype name (8, the widest, for names not listed)

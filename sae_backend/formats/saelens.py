@@ -24,9 +24,17 @@ import numpy as np
 
 from ..dictionary import RawSAE
 from ..errors import fail
-from ._checks import bias_length, config_int, feature_rows, json_safe, matrix, require_keys, vector
+from ._checks import (
+    any_matrix,
+    bias_length,
+    config_int,
+    feature_rows,
+    json_safe,
+    require_keys,
+    vector,
+)
 from ._layout import detect_weights, layer_from, weights_file
-from ._safe_io import load_safetensors, read_json, safetensors_header
+from ._safe_io import load_safetensors, load_safetensors_lazily, read_json, safetensors_header
 from .base import LoadOptions
 
 NAME = "saelens"
@@ -53,7 +61,7 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
 
     header = safetensors_header(weights)
     require_keys(header, ["W_dec"], weights)
-    arrays = load_safetensors(weights, ["W_dec", "W_enc", "b_dec"])
+    arrays = load_safetensors_lazily(weights, ["W_dec", "W_enc", "b_dec"])  # big matrices read later
     d = d_in if d_in is not None else bias_length(arrays, ["b_dec"])
     transcoder = d_out is not None and d_in is not None and d_out != d_in
     why = [f"d_in={d_in} in {CONFIG}" if d_in is not None else None]
@@ -64,7 +72,7 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
     if d_sae is not None:
         why.append(f"d_sae={d_sae} in {CONFIG}")
     dec = feature_rows(
-        matrix(arrays["W_dec"], weights, "W_dec"),
+        any_matrix(arrays["W_dec"], weights, "W_dec"),
         weights,
         "W_dec",
         axes=("d_sae", "d_out" if transcoder else "d_in"),
@@ -76,7 +84,7 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
     enc = None
     if "W_enc" in arrays and not transcoder:
         enc = feature_rows(
-            matrix(arrays["W_enc"], weights, "W_enc"),
+            any_matrix(arrays["W_enc"], weights, "W_enc"),
             weights,
             "W_enc",
             axes=("d_in", "d_sae"),

@@ -17,9 +17,9 @@ import numpy as np
 
 from ..dictionary import RawSAE
 from ..errors import FormatError
-from ._checks import bias_length, config_int, feature_rows, json_safe, matrix, require_keys
+from ._checks import any_matrix, bias_length, config_int, feature_rows, json_safe, require_keys
 from ._layout import detect_weights, hook_folder, layer_from, weights_file
-from ._safe_io import load_safetensors, read_json, safetensors_header
+from ._safe_io import load_safetensors_lazily, read_json, safetensors_header
 from .base import LoadOptions
 
 NAME = "sparsify"
@@ -46,10 +46,10 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
 
     header = safetensors_header(weights)
     require_keys(header, ["W_dec", "encoder.weight"], weights)
-    arrays = load_safetensors(weights, ["W_dec", "encoder.weight", "b_dec"])
+    arrays = load_safetensors_lazily(weights, ["W_dec", "encoder.weight", "b_dec"])  # big matrices read later
     d = d_in if d_in is not None else bias_length(arrays, ["b_dec"])
     dec = feature_rows(
-        matrix(arrays["W_dec"], weights, "W_dec"),
+        any_matrix(arrays["W_dec"], weights, "W_dec"),
         weights,
         "W_dec",
         axes=("num_latents", "d_in"),
@@ -64,7 +64,7 @@ def read(path: Path, opts: LoadOptions) -> RawSAE:
         meta["encoder_omitted"] = "transcoder: encoder reads a different space than W_dec writes"
     else:
         enc = feature_rows(
-            matrix(arrays["encoder.weight"], weights, "encoder.weight"),
+            any_matrix(arrays["encoder.weight"], weights, "encoder.weight"),
             weights,
             "encoder.weight",
             axes=("num_latents", "d_in"),

@@ -18,16 +18,11 @@ from ..cache import ArrayCache, make_key, through
 from ..dictionary import Dictionary
 from ..errors import InputError
 from ..types import DIRECTIONS, Directions, Float32, Int64, Progress
-from .matching import (
-    DEFAULT_TOLERANCE,
-    K_CANDIDATES,
-    DoubleCounting,
-    Matching,
-    double_counting,
-    match_one_to_one,
-)
+from .matching import DEFAULT_TOLERANCE, K_CANDIDATES, DoubleCounting, Matching, double_counting
 from .stats import Summary, summarize
-from .topk import TopK, auto_precision, pick_device, topk_cosine
+
+# torch (topk) and scipy/numba (matching's solvers) are imported inside the computations below,
+# so a cached answer is read without them (`python -m sae_backend compare` on a warm cache)
 
 MAX_K = 100
 
@@ -151,14 +146,17 @@ def compare_entry(
     back (bit-identical when shards start on block edges, see `topk_cosine`). No argument
     checks: `compare` makes them. Memory: a shard across dictionaries holds only its rows of
     A (and all of B); one within A holds all of A, its own targets."""
+    from .topk import auto_precision, pick_device, topk_cosine
+
     ia = a.alive_index
     ib = ia if b is None else b.alive_index
-    vectors = a.directions(directions)
     if b is None:
-        res = topk_cosine(vectors[ia], None, k, device=device, rows=rows, progress=progress)
+        res = topk_cosine(_rows(a, directions, ia), None, k, device=device, rows=rows,
+                          progress=progress)  # fmt: skip
     else:
+        mine = ia if rows is None else ia[rows]
         res = topk_cosine(
-            vectors[ia[rows or slice(None)]], b.directions(directions)[ib], k, device=device,
+            _rows(a, directions, mine), _rows(b, directions, ib), k, device=device,
             precision=auto_precision(len(ia), len(ib), pick_device(device)),  # the whole pass's
             progress=progress,
         )  # fmt: skip
@@ -195,24 +193,26 @@ def match(
     Raises InputError for a `forward` that is not a comparison of A with B by `directions`.
     """
     ia, ib = a.alive_index, b.alive_index
-    fwd = None
-    if forward is not None:
-        if (forward.a_fingerprint, forward.b_fingerprint, forward.directions) != (
-            a.fingerprint,
-            b.fingerprint,
-            directions,
-        ):
-            raise InputError(
-                f"forward is not a {directions} comparison of {a.meta.source} with "
-                f"{b.meta.source}; pass compare(a, b, directions={directions!r}, k=...)"
-            )
-        if forward.values.shape[1] >= k_candidates:
+    if forward is not None and (
+        forward.a_fingerprint,
+        forward.b_fingerprint,
+        forward.directions,
+    ) != (a.fingerprint, b.fingerprint, directions):
+        raise InputError(
+            f"forward is not a {directions} comparison of {a.meta.source} with "
+            f"{b.meta.source}; pass compare(a, b, directions={directions!r}, k=...)"
+        )
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
+        from .matching import match_one_to_one
+        from .topk import TopK
+
+        fwd = None
+        if forward is not None and forward.values.shape[1] >= k_candidates:
             position = np.full(b.n_features, -1, np.int64)
             position[ib] = np.arange(len(ib))
             fwd = TopK(forward.values, position[forward.indices])
-
-    def compute() -> tuple[dict[str, np.ndarray], dict]:
-        va, vb = a.directions(directions)[ia], b.directions(directions)[ib]
+        va, vb = _rows(a, directions, ia), _rows(b, directions, ib)
         m = match_one_to_one(
             va, vb, k_candidates=k_candidates, dense_limit=dense_limit, device=device,
             progress=progress, forward=fwd, certify=certify, tolerance=tolerance, info=info,
@@ -232,6 +232,13 @@ def match(
         b_index=arrays["b_index"], cosine=arrays["cosine"], potentials_a=arrays["potentials_a"],
         potentials_b=arrays["potentials_b"], **meta,
     )  # fmt: skip
+
+
+def _rows(d: Dictionary, directions: Directions, index: np.ndarray) -> np.ndarray:
+    """The unit rows of `index` (the alive features): the dictionary's own array, not a
+    140 MB copy, when every feature is alive."""
+    rows = d.directions(directions)
+    return rows if len(index) == len(rows) else rows[index]
 
 
 MATCHING_VERSION = 2  # 2: certified sparse solver (lap.py + certificate.py)

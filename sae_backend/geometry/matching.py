@@ -31,16 +31,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
 from ..errors import InputError
 from . import lap
-from .certificate import Checker, Memory, pair_cosines
-from .topk import TopK, topk_cosine
+
+if TYPE_CHECKING:  # scipy, torch (topk) and numba (certificate) are imported where a matching
+    # is computed, so the result types here load without them (a cached answer needs none)
+    from .topk import TopK
 
 Progress = Callable[[int, int], None]
 
@@ -161,6 +161,8 @@ def _hungarian(
     a: np.ndarray, b: np.ndarray, progress: Progress | None, tolerance: float
 ) -> Matching:
     """Exact optimum on the dense float64 cosine matrix [n_a, n_b] (small by construction)."""
+    from scipy.optimize import linear_sum_assignment
+
     cos = a.astype(np.float64) @ b.astype(np.float64).T  # [n_a, n_b]
     rows, cols = linear_sum_assignment(cos, maximize=True)
     bound = _upper_bound(cos.max(axis=1), cos.max(axis=0))
@@ -179,6 +181,11 @@ def _sparse(
     forward: TopK | None = None,
 ) -> Matching:
     """Optimal matching among the union of top-k candidate pairs in both directions."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
+
+    from .certificate import pair_cosines
+
     n_a, n_b = a.shape[0], b.shape[0]
     rows, cols = _candidate_pairs(a, b, k, device, progress, forward)
     cos = pair_cosines(a, b, rows, cols)  # [n_edges] float64
@@ -216,6 +223,8 @@ def _certified(
     info: dict,
 ) -> Matching:
     """Optimal matching over all pairs, proved by the dual check (see the module docstring)."""
+    from .certificate import Checker, Memory, pair_cosines
+
     n_a, n_b = a.shape[0], b.shape[0]
     total = n_a + n_b
     clock = _Clock(info)
@@ -282,6 +291,8 @@ def _forward(
     a: np.ndarray, b: np.ndarray, k: int, device: str, progress: Progress | None, given: TopK | None
 ) -> TopK:
     """Top-k of A among B (positions into b): `given` when wide enough, else one engine pass."""
+    from .topk import TopK, topk_cosine
+
     k_fwd = min(k, b.shape[0])
     if given is not None and given.indices.ndim == 2:
         n, width = given.indices.shape
@@ -360,6 +371,12 @@ class _Graph:
 def _complete(graph: _Graph, a: np.ndarray, b: np.ndarray, k: int, device: str) -> None:
     """Add pairs until the graph has a matching that covers the smaller side: rows left out
     of a maximum matching get their top-k among the free columns and a free column each."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    from .certificate import pair_cosines
+    from .topk import topk_cosine
+
     indptr, indices, weights, n_cols = graph.csr()
     n_rows = indptr.size - 1
     g = sp.csr_array((np.ones(indices.size), indices, indptr), shape=(n_rows, n_cols))
@@ -398,6 +415,9 @@ def _max_cardinality_matching(
     u > min(n_a, n_b) + 1 makes one more real pair always worth more than any change of the
     cosine total, so the result has maximum cardinality and, among those, maximum total.
     """
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
     u = float(min(n_a, n_b) + 2)
     ia, ib = np.arange(n_a), np.arange(n_b)
     r = np.concatenate([rows, ia, n_a + ib, n_a + cols])
@@ -418,6 +438,8 @@ def _candidate_pairs(
     forward: TopK | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unique (row of A, row of B) pairs from top-k in both directions, sorted by (row, col)."""
+    from .topk import TopK, topk_cosine
+
     n_a, n_b = a.shape[0], b.shape[0]
     total = n_a + n_b
     fwd_progress = (lambda done, _n: progress(done, total)) if progress else None

@@ -14,11 +14,13 @@ export and the pages alike (the pages only lay it out).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 
+from ..cache import ArrayCache, make_key, through
 from ..dictionary import Dictionary
 from ..errors import InputError
 from ..types import Directions, Float64, Int64
@@ -71,24 +73,40 @@ class MatchedPairs:
 
 
 def matched_pairs(
-    a: Dictionary, b: Dictionary, m: Matching, directions: Directions
+    a: Dictionary,
+    b: Dictionary,
+    m: Matching,
+    directions: Directions,
+    *,
+    cache: ArrayCache | bool | None = None,
 ) -> MatchedPairs:
     """The pairs of `m` (from `compare.match(a, b, directions=...)`) with exact float64
-    decoder and encoder cosines."""
+    decoder and encoder cosines. cache: as in `compare` (None: none); keyed by the
+    fingerprints and the pairs themselves, so a cached rerun of `compare --match` reads no
+    rows (at the paper's size, both matrices of both dictionaries)."""
     if m.b_index.size != a.n_alive:
         raise InputError(
             f"the matching has {m.b_index.size} rows but {a.meta.source} has {a.n_alive} alive "
             "features: pass the result of match(a, b)"
         )
-    pos = np.flatnonzero(m.b_index >= 0)  # match() indexes A by position among alive features
-    fa, fb = a.alive_index[pos], m.b_index[pos]
-    dec = _cosines(a.decoder, b.decoder, fa, fb)
-    has_encoder = a.encoder is not None and b.encoder is not None
-    if a.encoder is not None and b.encoder is not None:
-        enc = _cosines(a.encoder, b.encoder, fa, fb)
-    else:
+    has_encoder = a.has_encoder and b.has_encoder
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
+        pos = np.flatnonzero(m.b_index >= 0)  # match() indexes A by position among alive
+        fa, fb = a.alive_index[pos], m.b_index[pos]
+        dec = _cosines(a.decoder, b.decoder, fa, fb)
         enc = np.full(fa.size, np.nan)
-    return MatchedPairs(fa, fb, dec, enc, directions, a.n_alive, b.n_alive, has_encoder)
+        if a.encoder is not None and b.encoder is not None:
+            enc = _cosines(a.encoder, b.encoder, fa, fb)
+        return {"a": fa, "b": fb, "decoder_cos": dec, "encoder_cos": enc}, {}
+
+    def key() -> str:
+        pairs = hashlib.blake2b(np.ascontiguousarray(m.b_index, np.int64).tobytes()).hexdigest()
+        return make_key("matched_pairs", a.fingerprint, b.fingerprint, pairs=pairs)
+
+    arrays, _ = through(cache, key, compute)
+    return MatchedPairs(arrays["a"], arrays["b"], arrays["decoder_cos"], arrays["encoder_cos"],
+                        directions, a.n_alive, b.n_alive, has_encoder)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import numpy as np
 from ..cache import ArrayCache, make_key, through
 from ..errors import InputError
 from ..types import Progress
-from .topk import topk_cosine
 
 # Rows per block for row-wise float64 work, and (boots x samples) elements per bootstrap chunk.
 _ROW_BLOCK = 8192
@@ -134,10 +133,13 @@ def random_null(
         raise InputError(f"k={k} must be between 1 and {limit} (the number of candidates)")
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:
+        from .topk import topk_cosine  # torch: only when computed
+
         rng = np.random.default_rng(seed)
         a = random_unit_rows(n_a, d, rng)
         b = None if n_b is None else random_unit_rows(n_b, d, rng)
-        return {"values": topk_cosine(a, b, k, device=device, progress=progress).values[:, k - 1].copy()}, {}
+        values = topk_cosine(a, b, k, device=device, progress=progress).values[:, k - 1]
+        return {"values": values.copy()}, {}
 
     nb = None if n_b is None else int(n_b)  # int(): numpy and Python integers, one key
     key = make_key("random_null", n_a=int(n_a), n_b=nb, d=int(d), k=int(k), seed=int(seed))

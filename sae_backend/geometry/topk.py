@@ -27,12 +27,18 @@ Two engines run the bf16 path with the same bound, tie rule and result: `_Bf16Sc
 operations on a bf16 score block) and, on CUDA when `triton` is installed, the fused kernels of
 `topk_triton.py`, which never write the score block to memory. `SAE_TOPK_ENGINE=torch|triton`
 forces one (default `auto`, settings.TOPK_ENGINE).
+
+On CPUs `_Bf16Scorer`'s selection, re-scoring and final top-k run in a compiled kernel
+(`_cpu_select`, built once per machine) when a C++ compiler is there: one pass over each
+score row while it is in cache instead of ~10 torch passes, with the same arithmetic, so the
+same candidates, the same fallback rows and bit for bit the same values and indices.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -43,6 +49,7 @@ from .. import settings
 from ..activity import exclusive
 from ..errors import InputError
 from ..types import TopkEngine
+from . import _cpu_select
 
 GROUP = 64  # columns per group when shortlisting candidates from a bf16 score block
 _U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
@@ -208,7 +215,12 @@ def topk_cosine(
 
 
 def _to_device(x: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:  # no copy: a dictionary's rows are read-only arrays, and nothing here writes to them
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            t = torch.from_numpy(np.asarray(x))
     return t.to(device=dev, dtype=torch.float32).contiguous()
 
 
@@ -315,9 +327,16 @@ class _Bf16Bound:
     def __init__(self, b: torch.Tensor, k: int):
         n_b, d = b.shape
         self.b, self.k, self.n_b = b, k, n_b
-        b16f = b.to(torch.bfloat16).float()
-        self.err_b_max = float((b - b16f).norm(dim=1).max())
-        self.norm_b16_max = float(b16f.norm(dim=1).max())
+        # largest rounding error and norm over B's rows; on CPUs a slice at a time (row norms
+        # do not depend on the slicing; float32 copies of all of B would double its memory)
+        err, norm = [], []
+        step = 8192 if b.device.type == "cpu" else max(1, n_b)
+        for r0 in range(0, n_b, step):
+            b16f = b[r0 : r0 + step].to(torch.bfloat16).float()
+            err.append((b[r0 : r0 + step] - b16f).norm(dim=1).max())
+            norm.append(b16f.norm(dim=1).max())
+        self.err_b_max = float(torch.stack(err).max()) if err else 0.0
+        self.norm_b16_max = float(torch.stack(norm).max()) if norm else 0.0
         self.gamma = d * _U_ACC
 
     def block(
@@ -378,14 +397,19 @@ class _Bf16Scorer(_Bf16Bound):
         n_b, d = b.shape
         self.n_groups = -(-n_b // GROUP)
         self.pad = self.n_groups * GROUP - n_b
-        b16 = b.to(torch.bfloat16)
-        if self.pad:
-            b16 = torch.cat([b16, b16.new_zeros(self.pad, d)])
         # strided layout: group j holds B rows j*GROUP .. j*GROUP+GROUP-1, and member r of
         # group j sits in score column r*n_groups + j, so group maxima reduce over an outer
-        # axis (contiguous, fast) instead of 64-wide inner runs
-        self.b16_t = b16.view(self.n_groups, GROUP, d).transpose(0, 1).reshape(-1, d).T.contiguous()
-        del b16
+        # axis (contiguous, fast) instead of 64-wide inner runs. Built a slice of groups at a
+        # time: no whole bf16 copy of B beside it
+        self.b16_t = torch.zeros((d, self.n_groups * GROUP), dtype=torch.bfloat16, device=b.device)
+        layout = self.b16_t.view(d, GROUP, self.n_groups)  # [coordinate, member r, group j]
+        step = max(1, 8192 // GROUP)
+        for j0 in range(0, self.n_groups, step):
+            j1 = min(self.n_groups, j0 + step)
+            b16 = b[j0 * GROUP : min(n_b, j1 * GROUP)].to(torch.bfloat16)
+            if b16.shape[0] < (j1 - j0) * GROUP:  # the last group's padding: zero rows
+                b16 = torch.cat([b16, b16.new_zeros((j1 - j0) * GROUP - b16.shape[0], d)])
+            layout[:, :, j0:j1] = b16.view(j1 - j0, GROUP, d).permute(2, 1, 0)
         # groups kept per row (random data needs ~2k + 10); rows needing more fall back
         self.n_keep_groups = min(self.n_groups, max(k, int(np.ceil(2.5 * k)) + 24))
         self.max_pairs = 4 * k + 64  # candidates re-scored per row before falling back
@@ -394,11 +418,15 @@ class _Bf16Scorer(_Bf16Bound):
         # syncs cost more than padding one table (H100: 26.5 vs 23.2 ms, k=10)
         self.cap = 2 * k + 8 if b.device.type == "cpu" else 2**62
         self.buf = _Buffers(b.device)
+        # on CPUs the selection runs compiled when it can be built (same results, faster)
+        self.kernel = _cpu_select.kernel() if b.device.type == "cpu" else None
 
     def block(
         self, a: torch.Tensor, self_offset: int | None
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Top-k of rows `a` [m, d]; returns values, indices [m, k] and the fallback count."""
+        if self.kernel is not None:
+            return self._block_compiled(a, self_offset, self.kernel)
         k, m, dev = self.k, a.shape[0], a.device
         a16 = a.to(torch.bfloat16)
         s = torch.mm(a16, self.b16_t, out=self.buf.get("s", (m, self.b16_t.shape[1]), a16.dtype))
@@ -444,6 +472,23 @@ class _Bf16Scorer(_Bf16Bound):
             local = torch.searchsorted(big, rows[rest])
             vb, ib = self._rescore_table(a[big], local, slot[rest] - cap, cols[rest], width - cap)
             v[big], i[big] = _select(torch.cat([v[big], vb], 1), torch.cat([i[big], ib], 1), k)
+        bad = (~complete).nonzero().squeeze(1)
+        if bad.numel():
+            off_rows = None if self_offset is None else bad + self_offset
+            v[bad], i[bad] = self._exact_rows(a[bad], off_rows)
+        return v, i, int(bad.numel())
+
+    def _block_compiled(
+        self, a: torch.Tensor, self_offset: int | None, kernel: _cpu_select.Kernel
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """`block` with the selection and the re-scoring compiled (`_cpu_select`): the same
+        candidates, re-scores bit for bit and rows sent to the fallback, so the same results."""
+        a16 = a.to(torch.bfloat16)
+        s = torch.mm(a16, self.b16_t, out=self.buf.get("s", (a.shape[0], self.b16_t.shape[1]), a16.dtype))
+        v, i, complete = kernel.block(
+            s, a, self.b, n_groups=self.n_groups, group=GROUP, self_offset=self_offset, k=self.k,
+            n_keep=self.n_keep_groups, delta=self._delta(a, a16), max_pairs=self.max_pairs,
+        )  # fmt: skip
         bad = (~complete).nonzero().squeeze(1)
         if bad.numel():
             off_rows = None if self_offset is None else bad + self_offset
