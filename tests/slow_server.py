@@ -17,13 +17,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import sae_backend.geometry.compare as compare_module  # noqa: E402
+import sae_backend.geometry.topk as topk_module  # noqa: E402
+from tests.compare_topk import compare_only  # noqa: E402
 
 STEPS = 10
 
 
 def slowed(seconds: float):
-    real = compare_module.topk_cosine
+    real = topk_module.topk_cosine
 
     def topk_cosine(a, b, k, **kwargs):
         progress = kwargs.get("progress")
@@ -33,11 +34,11 @@ def slowed(seconds: float):
             time.sleep(seconds / STEPS)
         return real(a, b, k, **kwargs)
 
-    return topk_cosine
+    return compare_only(real, topk_cosine)
 
 
 if __name__ == "__main__":
-    compare_module.topk_cosine = slowed(float(sys.argv[1]))
+    topk_module.topk_cosine = slowed(float(sys.argv[1]))
     from streamlit.web.cli import main
 
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[2:]]

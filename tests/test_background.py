@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import sae_backend.geometry.compare as compare_module
+import sae_backend.geometry.topk as topk_module
 from dashboard import background, session, store
 from dashboard.session import Entry
 from sae_backend.activity import ACTIVITY
@@ -27,6 +27,7 @@ from sae_backend.errors import InputError
 from sae_backend.jobs import Job
 from sae_backend.memory import MemoryLRU
 from tests.background_support import bars, settle
+from tests.compare_topk import compare_only
 from tests.factories import unit_rows, write_saelens
 from tests.test_app import ROOT, TIMEOUT, max_cos, ok, toy_reference
 
@@ -81,7 +82,7 @@ def toy(demo_loaded):
 @pytest.fixture
 def slow_compare(monkeypatch, gate, demo_loaded):
     """compare()'s top-k pass waits for the gate (after reporting that it started)."""
-    real = compare_module.topk_cosine
+    real = topk_module.topk_cosine
 
     def gated(a, b, k, **kwargs):
         if kwargs.get("progress"):
@@ -89,7 +90,7 @@ def slow_compare(monkeypatch, gate, demo_loaded):
         gate.wait(("compare", len(a), None if b is None else len(b)))
         return real(a, b, k, **kwargs)
 
-    monkeypatch.setattr(compare_module, "topk_cosine", gated)
+    monkeypatch.setattr(topk_module, "topk_cosine", compare_only(real, gated))
     return gate
 
 
