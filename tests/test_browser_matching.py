@@ -148,7 +148,7 @@ def test_the_matching_downloads_as_json_and_csv_with_provenance(server, page, tm
     open_similarity(server, page)
     buttons = page.get_by_role("button", name="Matching (JSON)")
     buttons.first.scroll_into_view_if_needed()
-    with page.expect_download(timeout=60_000) as info:
+    with page.expect_download(timeout=SLOW) as info:
         buttons.first.click()  # the first tab: toy-a → toy-b
     path = tmp_path / "matching.json"
     info.value.save_as(path)
@@ -167,7 +167,7 @@ def test_the_matching_downloads_as_json_and_csv_with_provenance(server, page, tm
     shared = (pairs.decoder_cos >= 0.7) & (pairs.encoder_cos >= 0.7)
     assert [p["shared"] for p in doc["pairs"]] == shared.tolist()
 
-    with page.expect_download(timeout=60_000) as info:
+    with page.expect_download(timeout=SLOW) as info:
         page.get_by_role("button", name="Matching (CSV)").first.click()
     path = tmp_path / "matching.csv"
     info.value.save_as(path)
