@@ -51,7 +51,7 @@ class Entry:
 
     def load(self, progress: DownloadProgress | None = None) -> Dictionary:
         """The backend's `load` of this source with these options (not the shared store:
-        `dashboard.store.load_entry`); raises SAEError, e.g. for an unknown orientation."""
+        `dashboard.store.dictionary_work`); raises SAEError, e.g. for an unknown orientation."""
         return load(
             self.uri,
             position=self.option("position") or None,

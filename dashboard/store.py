@@ -77,11 +77,6 @@ def dictionary_work(entry: Entry, name: str = "") -> Work[Dictionary]:
     )
 
 
-def load_entry(entry: Entry) -> Dictionary:
-    """The Dictionary an entry names, waiting for it; raises SAEError."""
-    return background.now(dictionary_work(entry))
-
-
 def dictionaries() -> dict[str, Dictionary]:
     """This session's loaded dictionaries by name, at once. Those still loading get a progress
     bar here and are left out until loaded (the page then reruns); one that fails to load shows
@@ -203,31 +198,6 @@ def umap_work(
 
     key = ("umap", tuple(d.fingerprint for d in dicts), directions, n_neighbors, min_dist, seed)
     return Work(key, compute, label or "UMAP", shared_memory())
-
-
-# Blocking forms, for code that cannot go on without the result (same jobs, same store).
-def comparison(
-    a: Dictionary, b: Dictionary | None, directions: Directions = "decoder", k: int = 1
-) -> Comparison:
-    """compare(a, b) (b None: within a), waiting for it."""
-    return background.now(comparison_work(a, b, directions, k))
-
-
-def matching(a: Dictionary, b: Dictionary, directions: Directions = "decoder") -> Matching:
-    """One-to-one matching (indices are feature indices), waiting for it."""
-    return background.now(matching_work(a, b, directions))
-
-
-def null_max_cos(n_a: int, n_b: int | None, d: int) -> np.ndarray:  # [n_a] float32
-    """Max cosine of random unit directions with the same counts and dimension, waiting."""
-    return background.now(null_work(n_a, n_b, d))
-
-
-def bootstrap_ci(
-    x_key: tuple[object, ...], x: np.ndarray, y_key: tuple[object, ...], y: np.ndarray
-) -> BootstrapCI:
-    """bootstrap_mean_difference(x, y), waiting for it."""
-    return background.now(bootstrap_work(x_key, x, y_key, y))
 
 
 # --- Families, absorption, frame geometry, rotation null (issue 11) ----------------------------
