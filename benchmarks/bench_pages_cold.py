@@ -14,7 +14,7 @@ as a visitor would:
 1. opens the home page of the fresh server (the real demo: time to the first paint),
    removes the demo's four dictionaries, and adds A, B and C by the URI box (time until the
    page is back after each click);
-2. visits Home, Similarity, Neighbours and UMAP in turn through the sidebar links (the session
+2. visits Similarity, Neighbours, Geometry, Families and UMAP in turn through the sidebar links (the session
    and the server's store carry over, as for a visitor), and for each records:
    - first content: the page's title and controls are drawn and the script run has finished
      drawing (no element of the previous page left), with what it shows at that moment (bars,
@@ -86,9 +86,11 @@ DRAWN_JS = """() => !document.querySelector('[data-testid="stSkeleton"]')
 NO_STALE_JS = "() => !document.querySelector('[data-stale=\"true\"]')"
 
 
-def wait_drawn(page, title: str, control: str, timeout_s: float) -> None:
-    """Until the page titled `title` shows the control labelled `control` and everything it
-    was sent is drawn (elements of the page before may still be fading out meanwhile)."""
+def wait_drawn(page, title: str, control: str, timeout_s: float, shows: bool = True) -> None:
+    """Until the page titled `title` shows the control labelled `control`, everything it was
+    sent is drawn (elements of the page before may still be fading out meanwhile), and it
+    shows a result or a bar for one (not only its controls; unless `shows` is False: a page
+    that waits for a button, as UMAP above 10,000 points)."""
     deadline = time.monotonic() + timeout_s
 
     def left() -> float:
@@ -97,6 +99,14 @@ def wait_drawn(page, title: str, control: str, timeout_s: float) -> None:
     page.locator(H1, has_text=title).first.wait_for(timeout=left())
     page.get_by_text(control, exact=True).first.wait_for(timeout=left())
     page.wait_for_function(DRAWN_JS, timeout=left())
+    if shows:
+        page.wait_for_function(SHOWS_JS, timeout=left())
+
+
+# Shows something beyond its controls: a progress bar, a drawn chart or a table (a page with
+# nothing known yet shows a bar for each result it is computing).
+SHOWS_JS = """() => !!document.querySelector(['stProgress', 'stDataFrame', 'stPlotlyChart']
+    .map(t => `[data-testid="stMain"] [data-testid="${t}"]`).join(', '))"""
 
 
 def wait_complete(page, t0: float, timeout_s: float) -> float:
@@ -112,13 +122,28 @@ def wait_complete(page, t0: float, timeout_s: float) -> float:
     raise SystemExit(f"still computing after {timeout_s:.0f} s: {shown(page)}")
 
 
-def visit(page, link: str, title: str, control: str, timeout_s: float, shot) -> Visit:
+def visit(
+    page,
+    link: str,
+    title: str,
+    control: str,
+    timeout_s: float,
+    shot,
+    known: str | None = None,
+    shows: bool = True,
+) -> Visit:
     """Follow the sidebar link `link` and time its first content and completion; `shot(page,
-    name)` is called at both."""
+    name)` is called at both. `known`: a selector for what the page must show at first content
+    because another page computed it already (Similarity: the histogram of 'within A')."""
     v = Visit(link)
     t0 = time.monotonic()
     page.locator('[data-testid="stSidebar"]').get_by_role("link", name=link, exact=True).click()
-    wait_drawn(page, title, control, 60)
+    wait_drawn(page, title, control, 60, shows)
+    if known is not None:  # "container child": the element sent, then drawn in it
+        page.locator(known.split(" ")[0]).first.wait_for(timeout=60_000)
+        sent = time.monotonic() - t0
+        page.locator(known).first.wait_for(timeout=60_000)
+        v.note = f"known result sent after {sent:.2f} s, drawn after {time.monotonic() - t0:.2f} s"
     v.first_content = time.monotonic() - t0
     v.at_first = shown(page)
     shot(page, f"{link.lower()}_first_content")
@@ -132,7 +157,7 @@ def visit(page, link: str, title: str, control: str, timeout_s: float, shot) -> 
 def umap_visit(page, timeout_s: float, shot) -> Visit:
     """The UMAP page; above 10,000 points it waits for its button: pressed once the page has
     drawn, and the embedding timed from the press."""
-    v = visit(page, "UMAP", "UMAP", "Colour by", timeout_s, shot)
+    v = visit(page, "UMAP", "UMAP", "Colour by", timeout_s, shot, shows=False)
     button = page.get_by_role("button", name=re.compile(r"^Compute the embedding"))
     if not button.count():
         return v
@@ -233,12 +258,24 @@ def main() -> None:
         rows.append(home)
 
         # 2. The other pages in turn, as a visitor following the sidebar.
-        pages = [  # sidebar link, the page's title, one of its controls' labels
-            ("Similarity", "Similarity", "Comparisons (A → B: features of A against B)"),
-            ("Neighbours", "Neighbours", "Neighbours per dictionary"),
+        pages = [  # sidebar link, the page's title, one of its controls' labels, what is known
+            (
+                "Similarity",
+                "Similarity",
+                "Comparisons (A → B: features of A against B)",
+                '[data-testid="stPlotlyChart"] .main-svg',
+            ),  # within A, known from Home
+            ("Neighbours", "Neighbours", "Neighbours per dictionary", None),
+            ("Geometry", "Geometry of a dictionary", "Dictionary", None),
+            (
+                "Families",
+                "Families across widths",
+                "Ladder (narrowest first: in the order chosen)",
+                None,
+            ),
         ]
-        for link, title, control in pages:
-            rows.append(visit(page, link, title, control, args.timeout, shot))
+        for link, title, control, known in pages:
+            rows.append(visit(page, link, title, control, args.timeout, shot, known))
         if args.umap:
             rows.append(umap_visit(page, args.timeout, shot))
         browser.close()
