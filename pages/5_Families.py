@@ -178,6 +178,7 @@ else:
     st.dataframe(
         members,
         hide_index=True,
+        placeholder="—",  # coverage of a member without children
         column_config={
             "coverage": st.column_config.NumberColumn(format="%.3f"),
             "Neighbours": st.column_config.LinkColumn(display_text="open"),
@@ -236,6 +237,7 @@ table_key = f"fam_rows_{level}_{label}_{state.tau}_{state.mode}"
 st.dataframe(
     table,
     hide_index=True,
+    placeholder="—",
     column_config={
         "coverage": st.column_config.NumberColumn(format="%.3f"),
         "its cosine": st.column_config.NumberColumn(format="%.3f"),

@@ -234,6 +234,6 @@ if st.checkbox("Compute for every loaded dictionary", value=small, key="geo_all"
             rows_all.append(frame_row(got, other_name))
     background.progress_bars(computing)  # the table fills in as they arrive
     summary = pd.DataFrame(rows_all)
-    st.dataframe(summary, hide_index=True,
+    st.dataframe(summary, hide_index=True, placeholder="—",  # rows still computing
                  column_config={c: st.column_config.NumberColumn(format="%.4g")
                                 for c in summary.columns[3:]})  # fmt: skip
