@@ -21,13 +21,12 @@ from ..cache import ArrayCache, make_key, through
 from ..dictionary import Dictionary
 from ..errors import InputError
 from ..types import Float32, Int64, Progress
+from .certificate import pair_cosines
 from .compare import MAX_K
 from .stats import encoder_decoder_cosine
 from .topk import topk_cosine
 
-_ROW_BLOCK = 1024  # rows per block when gathering partner rows for the pair cosines
-
-__all__ = ["Absorption", "absorption", "pair_cosines"]
+__all__ = ["Absorption", "absorption"]
 
 
 @dataclass(frozen=True)
@@ -97,11 +96,13 @@ def absorption(
         res = topk_cosine(-enc[idx], dec[idx], k + 1, device=device, progress=progress)
         pos = _drop_self(res.indices, k)
         values = -np.take_along_axis(res.values, pos, 1)
-        partner = idx[np.take_along_axis(res.indices, pos, 1)]
+        partner = idx[np.take_along_axis(res.indices, pos, 1)]  # [m, k]
+        rows = np.repeat(idx, partner.shape[1])  # each feature once per partner
+        dec_dec = pair_cosines(dec, dec, rows, partner.ravel()).reshape(partner.shape)
         return {
             "partner": partner,
             "enc_dec_cos": values.astype(np.float32),
-            "dec_dec_cos": pair_cosines(dec, dec, idx, partner),
+            "dec_dec_cos": dec_dec.astype(np.float32),
             "self_cos": encoder_decoder_cosine(enc[idx], dec[idx]),
         }, {}
 
@@ -129,19 +130,3 @@ def _drop_self(indices: Int64[np.ndarray, "m k1"], k: int) -> Int64[np.ndarray, 
     keep = ~own
     keep[~own.any(axis=1), k1 - 1] = False
     return np.nonzero(keep)[1].reshape(m, k)
-
-
-def pair_cosines(
-    x: Float32[np.ndarray, "n d"],
-    y: Float32[np.ndarray, "n d"],
-    rows: Int64[np.ndarray, " m"],
-    cols: Int64[np.ndarray, "m k"],
-) -> Float32[np.ndarray, "m k"]:
-    """x[rows[i]] . y[cols[i, j]] of unit rows, in float64 and row blocks (no [m, k, d] array
-    beyond a block)."""
-    out = np.empty(cols.shape, np.float32)
-    for s in range(0, len(rows), _ROW_BLOCK):
-        xr = x[rows[s : s + _ROW_BLOCK]].astype(np.float64)
-        yr = y[cols[s : s + _ROW_BLOCK]].astype(np.float64)
-        out[s : s + _ROW_BLOCK] = np.einsum("id,ikd->ik", xr, yr)
-    return out

@@ -92,12 +92,14 @@ def matched_pairs(
     has_encoder = a.has_encoder and b.has_encoder
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:
+        from .certificate import pair_cosines  # numba and torch: only when computed
+
         pos = np.flatnonzero(m.b_index >= 0)  # match() indexes A by position among alive
         fa, fb = a.alive_index[pos], m.b_index[pos]
-        dec = _cosines(a.decoder, b.decoder, fa, fb)
+        dec = pair_cosines(a.decoder, b.decoder, fa, fb)
         enc = np.full(fa.size, np.nan)
         if a.encoder is not None and b.encoder is not None:
-            enc = _cosines(a.encoder, b.encoder, fa, fb)
+            enc = pair_cosines(a.encoder, b.encoder, fa, fb)
         return {"a": fa, "b": fb, "decoder_cos": dec, "encoder_cos": enc}, {}
 
     def key() -> str:
@@ -234,8 +236,7 @@ def orphans(
         )
     mine, other = (pairs.a, pairs.b) if side == "a" else (pairs.b, pairs.a)
     n = int(max(alive_index.max(initial=-1), mine.max(initial=-1))) + 1
-    crit: Criterion = criterion if pairs.has_encoder else "decoder"
-    status = feature_status(pairs, side, n, alive_index, tau, crit)
+    status = feature_status(pairs, side, n, alive_index, tau, criterion)
     feature = np.flatnonzero((status == "below") | (status == "unmatched"))
     partner = np.full(n, -1, np.int64)
     partner[mine] = other
@@ -260,10 +261,6 @@ def orphans(
         nearest_cos=near_cos,
         taken_by=owner[near],
     )
-
-
-def _cosines(x: np.ndarray, y: np.ndarray, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x[rx].astype(np.float64), y[ry].astype(np.float64))
 
 
 def _check_tau(tau: float) -> None:
