@@ -7,19 +7,13 @@ instance messages and sources never show the server's private folders or secrets
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NoReturn
 
 import streamlit as st
-from streamlit.delta_generator import DeltaGenerator
 
 from sae_backend import SAEError
 from sae_backend.demo import demo_sources
 from sae_backend.hosting import Hosted, hosted_settings
-
-# The backend's progress hooks: (done, total) for computations, (done, total or None, what)
-# for downloads; one callback serves both.
-Progress = Callable[..., None]
 
 
 def hosted() -> Hosted | None:
@@ -72,14 +66,3 @@ def replay_sticky(by_a_bar: bool) -> None:
         return
     for text in st.session_state.get(STICKY_KEY, []):
         st.error(text)
-
-
-def progress_callback(text: str) -> tuple[DeltaGenerator, Progress]:
-    """(st.progress bar, callback(done, total, ...)) for the backend's progress hooks; the
-    caller empties the bar when the work is done."""
-    bar = st.progress(0.0, text=text)
-
-    def update(done: int, total: int | None, *_: object) -> None:
-        bar.progress(min(1.0, done / total) if total else 1.0, text=text)
-
-    return bar, update
