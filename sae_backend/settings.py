@@ -18,10 +18,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from .errors import InputError, SAEError
-from .types import PRECISIONS, TOPK_ENGINES, Precision, TopkEngine
+from .types import PRECISIONS, TOPK_ENGINES, WITHIN_ORDERS, Precision, TopkEngine, WithinOrder
 
 T = TypeVar("T")
 
@@ -39,32 +39,23 @@ def _path(text: str) -> Path:
     return Path(text).expanduser()
 
 
-def _topk_engine(text: str) -> TopkEngine:
-    value = text.lower()
-    if value not in TOPK_ENGINES:
-        raise ValueError("expected " + ", ".join(TOPK_ENGINES))
-    return value
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], Any]:
+    """A parser taking one of `choices` (any case) and nothing else."""
+
+    def parse(text: str) -> Any:
+        value = text.lower()
+        if value not in choices:
+            raise ValueError("expected " + ", ".join(choices))
+        return value
+
+    return parse
 
 
-def _precision(text: str) -> Precision:
-    value = text.lower()
-    if value not in PRECISIONS:
-        raise ValueError("expected " + ", ".join(PRECISIONS))
-    return value
-
-
-def _demo(text: str) -> DemoKind:
-    value = text.lower()
-    if value not in ("real", "toy"):
-        raise ValueError("expected 'real' or 'toy'")
-    return cast(DemoKind, value)
-
-
-def _kernel(text: str) -> KernelChoice:
-    value = text.lower()
-    if value not in ("auto", "off"):
-        raise ValueError("expected 'auto' or 'off'")
-    return cast(KernelChoice, value)
+_topk_engine: Callable[[str], TopkEngine] = _one_of(TOPK_ENGINES)
+_precision: Callable[[str], Precision] = _one_of(PRECISIONS)
+_demo: Callable[[str], DemoKind] = _one_of(get_args(DemoKind))
+_kernel: Callable[[str], KernelChoice] = _one_of(get_args(KernelChoice))
+_within: Callable[[str], WithinOrder] = _one_of(WITHIN_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -130,6 +121,11 @@ TOPK_ENGINE: Variable[TopkEngine] = Variable(
     "SAE_TOPK_ENGINE", "auto", _topk_engine,
     "the exact bf16 top-k engine: auto (Triton on CUDA when installed), torch or triton",
 )  # fmt: skip
+TOPK_WITHIN: Variable[WithinOrder] = Variable(
+    "SAE_TOPK_WITHIN", "half", _within,
+    "a within-set top-k pass on a CPU: half (score each pair once, both rows served) or "
+    "full (each row against all, as shards and GPUs do); same results",
+)  # fmt: skip
 
 # A secret, not a setting: the shared password of a hosted instance (auth = "password"), read
 # by the dashboard's login from Streamlit's secrets first, then from the environment.
@@ -147,6 +143,7 @@ VARIABLES: tuple[Variable, ...] = (
     CPU_KERNEL,
     HOSTED,
     TOPK_ENGINE,
+    TOPK_WITHIN,
 )
 
 

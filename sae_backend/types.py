@@ -39,6 +39,11 @@ TopkEngine = Literal["auto", "torch", "triton"]
 `auto` takes Triton on CUDA when it is installed. Same bound, tie rule and results."""
 TOPK_ENGINES: tuple[TopkEngine, ...] = get_args(TopkEngine)
 
+WithinOrder = Literal["half", "full"]
+"""How a within-set top-k pass on a CPU covers the symmetric score matrix: `half` scores each
+pair once and serves both rows (topk_within.py), `full` scores each row against all."""
+WITHIN_ORDERS: tuple[WithinOrder, ...] = get_args(WithinOrder)
+
 Orientation = Literal["rows", "columns"]
 """A plain matrix's layout: rows = [n_features, d_model], columns = [d_model, n_features]."""
 ORIENTATIONS: tuple[Orientation, ...] = get_args(Orientation)
@@ -72,4 +77,6 @@ __all__ = [
     "Progress",
     "TOPK_ENGINES",
     "TopkEngine",
+    "WITHIN_ORDERS",
+    "WithinOrder",
 ]

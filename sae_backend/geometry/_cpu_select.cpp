@@ -66,6 +66,8 @@ struct Block {
     int64_t* counts;     // [m] out: candidates >= tau (may exceed max_pairs)
     uint8_t* complete;   // [m] out: 1 when the row's candidates are all in `cand`
     float* tau_out;      // [m] out: the threshold (for tests)
+    const float* floor;  // [m] or null: a value row i's k-th best exact score is known to
+                         // reach (topk_within.py: the best k found in earlier tiles)
 };
 
 void rows(const Block& p, int64_t r0, int64_t r1) {
@@ -108,6 +110,9 @@ void rows(const Block& p, int64_t r0, int64_t r1) {
                     if (!skip(j * G + r)) all.push_back(bf16_to_float(row[r * ng + j]));
             t = kth_largest(all.data(), int64_t(all.size()), p.k, work);
         }
+        // a known floor on the k-th best exact score raises t: tau's formula holds for any
+        // lower bound on it (the floor is exact, tighter than a bf16 score's)
+        if (p.floor != nullptr) t = std::max(t, p.floor[i]);
         // tau, in topk.py's float32 operations and order
         const float y = (t - 0.00390625f * std::fabs(t)) - 2.0f * p.delta[i];
         const float tau = (y >= 0.0f ? y / 1.00390625f : y / 0.99609375f) - float(1e-6);
@@ -227,7 +232,7 @@ void parallel_rows(int64_t m, int n_threads, F&& body) {
 
 extern "C" {
 
-int sae_select_abi_version() { return 1; }
+int sae_select_abi_version() { return 2; }
 
 // Candidates only (for tests): cand [m, max_pairs], counts, complete, tau per row.
 void sae_candidates(const uint16_t* s, int64_t m, int64_t ng, int64_t group, int64_t n_b,
@@ -235,20 +240,21 @@ void sae_candidates(const uint16_t* s, int64_t m, int64_t ng, int64_t group, int
                     int64_t max_pairs, int64_t* cand, int64_t* counts, uint8_t* complete,
                     float* tau, int n_threads) {
     Block p{s, ng, group, n_b, self_offset, k, n_keep, max_pairs, delta, cand, counts, complete,
-            tau};
+            tau, nullptr};
     parallel_rows(m, n_threads, [&p](int64_t lo, int64_t hi) { rows(p, lo, hi); });
 }
 
 // One block of topk.py's bf16 path: scores s [m, G*ng] of rows a [m, d] against b [n_b, d];
 // top-k values/indices [m, k] for rows with complete[i] = 1 (the others need the fallback).
+// floor: null, or [m] known lower bounds on each row's k-th best exact score.
 void sae_block(const uint16_t* s, const float* a, const float* b, int64_t m, int64_t d,
                int64_t ng, int64_t group, int64_t n_b, int64_t self_offset, int64_t k,
-               int64_t n_keep, const float* delta, int64_t max_pairs, float* out_v,
-               int64_t* out_i, uint8_t* complete, int n_threads) {
+               int64_t n_keep, const float* delta, int64_t max_pairs, const float* floor,
+               float* out_v, int64_t* out_i, uint8_t* complete, int n_threads) {
     std::vector<int64_t> cand(m * max_pairs), counts(m);
     std::vector<float> tau(m);
     Block p{s, ng, group, n_b, self_offset, k, n_keep, max_pairs, delta, cand.data(),
-            counts.data(), complete, tau.data()};
+            counts.data(), complete, tau.data(), floor};
     parallel_rows(m, n_threads, [&](int64_t lo, int64_t hi) {
         block_rows(p, a, b, d, out_v, out_i, lo, hi);
     });
@@ -263,6 +269,31 @@ void sae_dots(const float* x, const float* y, int64_t d, const int64_t* pi, cons
         ys[q] = y + pj[q] * d;
     }
     dots(xs.data(), ys.data(), n, d, out);
+}
+
+// dst [cols, rows] = src [rows, cols] transposed, 16-bit elements (bf16 scores). A square
+// tile is copied row by row into a small buffer, then written out column by column: reading
+// a tile's column straight from src would touch rows a power of two apart, which share L1
+// sets and evict each other (torch's strided copy runs at ~1.5 GB/s here for that reason).
+void sae_transpose16(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* dst,
+                     int n_threads) {
+    constexpr int64_t T = 64;
+    const int64_t row_tiles = (rows + T - 1) / T;
+    parallel_rows(row_tiles, n_threads, [&](int64_t lo, int64_t hi) {
+        alignas(64) uint16_t buf[T][T];
+        for (int64_t r0 = lo * T; r0 < std::min(rows, hi * T); r0 += T) {
+            const int64_t nr = std::min(T, rows - r0);
+            for (int64_t c0 = 0; c0 < cols; c0 += T) {
+                const int64_t nc = std::min(T, cols - c0);
+                for (int64_t r = 0; r < nr; ++r)
+                    std::memcpy(buf[r], src + (r0 + r) * cols + c0, nc * sizeof(uint16_t));
+                for (int64_t c = 0; c < nc; ++c) {
+                    uint16_t* out = dst + (c0 + c) * rows + r0;
+                    for (int64_t r = 0; r < nr; ++r) out[r] = buf[r][c];
+                }
+            }
+        }
+    });
 }
 
 // Top-k of each row's first counts[i] (value, index) pairs of vals/idx [m, w].

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_cpu_select.cpp")
-ABI_VERSION = 1  # sae_select_abi_version() of a build this module can call
+ABI_VERSION = 2  # sae_select_abi_version() of a build this module can call
 _FLAGS = ("-O3", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-pthread")
 _NATIVE = ("-march=native",)  # tried first; without it if the compiler refuses
 
@@ -65,10 +65,28 @@ class Kernel:
         lib.sae_top_pairs.argtypes = [p, p, i64, i64, p, i64, p, p, c_int]
         lib.sae_top_pairs.restype = None
         lib.sae_block.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, p, i64, p, p,
-                                  p, c_int]  # fmt: skip
+                                  p, p, c_int]  # fmt: skip
         lib.sae_block.restype = None
         lib.sae_dots.argtypes = [p, p, i64, p, p, i64, p]
         lib.sae_dots.restype = None
+        lib.sae_transpose16.argtypes = [p, i64, i64, p, c_int]
+        lib.sae_transpose16.restype = None
+
+    def transpose(self, scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """A contiguous transposed copy of a contiguous 2-D bf16 CPU tensor [rows, cols], into
+        `out` [cols, rows] when given (a reused buffer saves the page faults of a new one)."""
+        import torch
+
+        if scores.dtype != torch.bfloat16 or scores.ndim != 2 or not scores.is_contiguous():
+            raise ValueError("expected a contiguous 2-D bf16 tensor")
+        rows, cols = scores.shape
+        if out is None:
+            out = torch.empty((cols, rows), dtype=torch.bfloat16)
+        elif out.shape != (cols, rows) or out.dtype != torch.bfloat16 or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous bf16 tensor of shape ({cols}, {rows})")
+        self.lib.sae_transpose16(scores.data_ptr(), rows, cols, out.data_ptr(),
+                                 torch.get_num_threads())  # fmt: skip
+        return out
 
     def block(
         self,
@@ -83,29 +101,37 @@ class Kernel:
         n_keep: int,
         delta: torch.Tensor,
         max_pairs: int,
+        floor: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block of topk.py's bf16 path after its matmul: rows `a` [m, d] (float32) with
         their strided bf16 scores [m, group * n_groups] against `b` [n_b, d] (float32).
+        `floor` [m] float32, if given: values each row's k-th best exact score is known to
+        reach (from targets outside `b`); candidates below what it allows are skipped.
 
         Returns values [m, k], indices [m, k] and complete [m] bool; rows that are not
-        complete hold padding and need topk.py's exact fallback.
+        complete hold padding and need topk.py's exact fallback. With a floor, a row may
+        have fewer than k candidates here: its missing places are (-inf, 0).
         """
         import torch
 
         m, d = a.shape
-        for t, dtype in ((scores, torch.bfloat16), (a, torch.float32), (b, torch.float32),
-                         (delta, torch.float32)):  # fmt: skip
+        tensors = [(scores, torch.bfloat16), (a, torch.float32), (b, torch.float32),
+                   (delta, torch.float32)] + ([] if floor is None else [(floor, torch.float32)])  # fmt: skip
+        for t, dtype in tensors:
             if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
                 raise ValueError(f"expected a contiguous CPU {dtype} tensor, got {t.dtype}")
         if scores.shape != (m, group * n_groups) or b.shape[1] != d or delta.shape != (m,):
             raise ValueError("scores, a, b and delta do not fit together")
+        if floor is not None and floor.shape != (m,):
+            raise ValueError(f"floor must have shape ({m},), got {tuple(floor.shape)}")
         values = torch.empty((m, k), dtype=torch.float32)
         indices = torch.empty((m, k), dtype=torch.int64)
         complete = torch.empty(m, dtype=torch.uint8)
         self.lib.sae_block(
             scores.data_ptr(), a.data_ptr(), b.data_ptr(), m, d, n_groups, group, b.shape[0],
             -1 if self_offset is None else self_offset, k, n_keep, delta.data_ptr(), max_pairs,
-            values.data_ptr(), indices.data_ptr(), complete.data_ptr(), torch.get_num_threads(),
+            None if floor is None else floor.data_ptr(), values.data_ptr(), indices.data_ptr(),
+            complete.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return values, indices, complete.bool()
 

@@ -190,11 +190,21 @@ def topk_cosine(
     if step != 1:
         raise ValueError(f"rows must be a slice with step 1, got {rows}")
     m = max(0, stop - start)
+    label = f"top-{k} of {m:,} x {n_b:,} on {dev}"
+    half = _within_kernel(precision, dev, self_mode and m == n_a, n_a)
+    if half is not None:
+        from .topk_within import TILE, within_topk
+
+        with exclusive(str(dev), label, m * n_b):
+            v, i, fallback_rows = within_topk(ta, k, half, progress=progress)
+        if info is not None:
+            info.update(path=precision, device=str(dev), block_rows=TILE, engine="torch",
+                        order="half", fallback_rows=fallback_rows)  # fmt: skip
+        return TopK(v.numpy(), i.numpy())
     values = torch.empty((m, k), dtype=torch.float32)
     indices = torch.empty((m, k), dtype=torch.int64)
     run = _bf16_engine(tb, k) if precision == "bf16" else None
     fallback_rows = 0
-    label = f"top-{k} of {m:,} x {n_b:,} on {dev}"
     with exclusive(str(dev), label, m * n_b), _no_tf32():
         for r0 in range(start - start % bm, stop, bm):  # blocks counted from row 0
             lo, r1 = max(start, r0), min(stop, r0 + bm)
@@ -210,8 +220,23 @@ def topk_cosine(
                 progress(r1 - start, m)
     if info is not None:
         info.update(path=precision, device=str(dev), block_rows=bm, fallback_rows=fallback_rows)
-        info.update(engine=run.engine if run is not None else "torch")
+        info.update(engine=run.engine if run is not None else "torch", order="full")
     return TopK(values.numpy(), indices.numpy())
+
+
+def _within_kernel(
+    precision: str, dev: torch.device, whole_within: bool, n: int
+) -> _cpu_select.Kernel | None:
+    """The compiled kernel when this pass takes `topk_within` (half the score matrix): a
+    whole within-set bf16 pass on a CPU of at least two blocks, with the torch engine and
+    $SAE_TOPK_WITHIN=half; shards (`rows`) and GPUs keep the one-sided pass."""
+    from .topk_within import TILE
+
+    if not (whole_within and precision == "bf16" and dev.type == "cpu" and n > TILE):
+        return None
+    if settings.TOPK_WITHIN.get() != "half" or settings.TOPK_ENGINE.get() == "triton":
+        return None
+    return _cpu_select.kernel()
 
 
 def _to_device(x: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -389,6 +414,47 @@ def _bf16_engine(b: torch.Tensor, k: int) -> _Bf16Bound:
     return _BF16_ENGINES[name](b, k)
 
 
+def keep_groups(n_groups: int, k: int) -> int:
+    """Groups kept per row of a bf16 block (random data needs ~2k + 10); rows needing more
+    fall back to float32."""
+    return min(n_groups, max(k, -(-5 * k // 2) + 24))
+
+
+def max_pairs(k: int) -> int:
+    """Candidates re-scored per row before the row falls back to float32."""
+    return 4 * k + 64
+
+
+def strided_layout(b: torch.Tensor) -> torch.Tensor:
+    """B's rows [n_b, d] as bf16 columns [d, n_groups * GROUP] in the strided layout.
+
+    Group j holds B rows j*GROUP .. j*GROUP+GROUP-1, and member r of group j sits in score
+    column r*n_groups + j, so group maxima reduce over an outer axis (contiguous, fast)
+    instead of 64-wide inner runs; the last group is padded with zero rows. Built a slice of
+    groups at a time: no whole bf16 copy of B beside it."""
+    n_b, d = b.shape
+    n_groups = -(-n_b // GROUP)
+    out = torch.zeros((d, n_groups * GROUP), dtype=torch.bfloat16, device=b.device)
+    layout = out.view(d, GROUP, n_groups)  # [coordinate, member r, group j]
+    step = max(1, 8192 // GROUP)
+    for j0 in range(0, n_groups, step):
+        j1 = min(n_groups, j0 + step)
+        b16 = b[j0 * GROUP : min(n_b, j1 * GROUP)].to(torch.bfloat16)
+        if b16.shape[0] < (j1 - j0) * GROUP:  # the last group's padding: zero rows
+            b16 = torch.cat([b16, b16.new_zeros((j1 - j0) * GROUP - b16.shape[0], d)])
+        layout[:, :, j0:j1] = b16.view(j1 - j0, GROUP, d).permute(2, 1, 0)
+    return out
+
+
+def strided_order(n: int) -> torch.Tensor:
+    """[n_groups * GROUP] the B row (0..n-1) behind each column of `strided_layout` of n rows;
+    for n below GROUP (one group) the first n entries, the identity (padding left out)."""
+    n_groups = -(-n // GROUP)
+    col = torch.arange(n_groups * GROUP)
+    order = (col % n_groups) * GROUP + col // n_groups
+    return order[:n] if n_groups == 1 else order
+
+
 class _Bf16Scorer(_Bf16Bound):
     """bf16 shortlisting + float32 re-scoring against a fixed B (see the module docstring)."""
 
@@ -397,22 +463,9 @@ class _Bf16Scorer(_Bf16Bound):
         n_b, d = b.shape
         self.n_groups = -(-n_b // GROUP)
         self.pad = self.n_groups * GROUP - n_b
-        # strided layout: group j holds B rows j*GROUP .. j*GROUP+GROUP-1, and member r of
-        # group j sits in score column r*n_groups + j, so group maxima reduce over an outer
-        # axis (contiguous, fast) instead of 64-wide inner runs. Built a slice of groups at a
-        # time: no whole bf16 copy of B beside it
-        self.b16_t = torch.zeros((d, self.n_groups * GROUP), dtype=torch.bfloat16, device=b.device)
-        layout = self.b16_t.view(d, GROUP, self.n_groups)  # [coordinate, member r, group j]
-        step = max(1, 8192 // GROUP)
-        for j0 in range(0, self.n_groups, step):
-            j1 = min(self.n_groups, j0 + step)
-            b16 = b[j0 * GROUP : min(n_b, j1 * GROUP)].to(torch.bfloat16)
-            if b16.shape[0] < (j1 - j0) * GROUP:  # the last group's padding: zero rows
-                b16 = torch.cat([b16, b16.new_zeros((j1 - j0) * GROUP - b16.shape[0], d)])
-            layout[:, :, j0:j1] = b16.view(j1 - j0, GROUP, d).permute(2, 1, 0)
-        # groups kept per row (random data needs ~2k + 10); rows needing more fall back
-        self.n_keep_groups = min(self.n_groups, max(k, int(np.ceil(2.5 * k)) + 24))
-        self.max_pairs = 4 * k + 64  # candidates re-scored per row before falling back
+        self.b16_t = strided_layout(b)
+        self.n_keep_groups = keep_groups(self.n_groups, k)
+        self.max_pairs = max_pairs(k)
         # first re-score table's width (random data needs ~2k + 3 candidates). On CPUs the
         # second table for long rows saves gather traffic; on GPUs its extra launches and
         # syncs cost more than padding one table (H100: 26.5 vs 23.2 ms, k=10)
