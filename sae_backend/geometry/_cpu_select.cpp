@@ -15,6 +15,10 @@
 #include <cstring>
 #include <limits>
 #include <thread>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <vector>
 
 namespace {
@@ -271,6 +275,34 @@ void sae_dots(const float* x, const float* y, int64_t d, const int64_t* pi, cons
     dots(xs.data(), ys.data(), n, d, out);
 }
 
+// An 8 x 8 block of 16-bit elements: dst[c * ld_dst + r] = src[r * ld_src + c].
+inline void transpose8(const uint16_t* src, int64_t ld_src, uint16_t* dst, int64_t ld_dst) {
+#ifdef __SSE2__
+    __m128i a[8], b[8], c[8];
+    for (int r = 0; r < 8; ++r)
+        a[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + r * ld_src));
+    for (int q = 0; q < 4; ++q) {  // pairs of rows interleaved: columns 0-3 and 4-7
+        b[2 * q] = _mm_unpacklo_epi16(a[2 * q], a[2 * q + 1]);
+        b[2 * q + 1] = _mm_unpackhi_epi16(a[2 * q], a[2 * q + 1]);
+    }
+    for (int q = 0; q < 2; ++q) {  // then fours of rows: two columns per register
+        c[4 * q] = _mm_unpacklo_epi32(b[4 * q], b[4 * q + 2]);
+        c[4 * q + 1] = _mm_unpackhi_epi32(b[4 * q], b[4 * q + 2]);
+        c[4 * q + 2] = _mm_unpacklo_epi32(b[4 * q + 1], b[4 * q + 3]);
+        c[4 * q + 3] = _mm_unpackhi_epi32(b[4 * q + 1], b[4 * q + 3]);
+    }
+    for (int q = 0; q < 4; ++q) {  // all eight rows: one column per register
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * q) * ld_dst),
+                         _mm_unpacklo_epi64(c[q], c[q + 4]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * q + 1) * ld_dst),
+                         _mm_unpackhi_epi64(c[q], c[q + 4]));
+    }
+#else
+    for (int c = 0; c < 8; ++c)
+        for (int r = 0; r < 8; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
+#endif
+}
+
 // dst [cols, rows] = src [rows, cols] transposed, 16-bit elements (bf16 scores). A square
 // tile is copied row by row into a small buffer, then written out column by column: reading
 // a tile's column straight from src would touch rows a power of two apart, which share L1
@@ -287,6 +319,12 @@ void sae_transpose16(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* 
                 const int64_t nc = std::min(T, cols - c0);
                 for (int64_t r = 0; r < nr; ++r)
                     std::memcpy(buf[r], src + (r0 + r) * cols + c0, nc * sizeof(uint16_t));
+                if (nr == T && nc == T) {
+                    for (int64_t c = 0; c < T; c += 8)
+                        for (int64_t r = 0; r < T; r += 8)
+                            transpose8(&buf[r][c], T, dst + (c0 + c) * rows + r0 + r, rows);
+                    continue;
+                }
                 for (int64_t c = 0; c < nc; ++c) {
                     uint16_t* out = dst + (c0 + c) * rows + r0;
                     for (int64_t r = 0; r < nr; ++r) out[r] = buf[r][c];
