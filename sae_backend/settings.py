@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 from .errors import InputError, SAEError
-from .types import PRECISIONS, TOPK_ENGINES, WITHIN_ORDERS, Precision, TopkEngine, WithinOrder
+from .types import PRECISIONS, TOPK_ENGINES, TOPK_ORDERS, Precision, TopkEngine, TopkOrder
 
 T = TypeVar("T")
 
@@ -55,7 +55,7 @@ _topk_engine: Callable[[str], TopkEngine] = _one_of(TOPK_ENGINES)
 _precision: Callable[[str], Precision] = _one_of(PRECISIONS)
 _demo: Callable[[str], DemoKind] = _one_of(get_args(DemoKind))
 _kernel: Callable[[str], KernelChoice] = _one_of(get_args(KernelChoice))
-_within: Callable[[str], WithinOrder] = _one_of(WITHIN_ORDERS)
+_order: Callable[[str], TopkOrder] = _one_of(TOPK_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,11 @@ TOPK_ENGINE: Variable[TopkEngine] = Variable(
     "SAE_TOPK_ENGINE", "auto", _topk_engine,
     "the exact bf16 top-k engine: auto (Triton on CUDA when installed), torch or triton",
 )  # fmt: skip
-TOPK_WITHIN: Variable[WithinOrder] = Variable(
-    "SAE_TOPK_WITHIN", "half", _within,
-    "a within-set top-k pass on a CPU: half (score each pair once, both rows served) or "
-    "full (each row against all, as shards and GPUs do); same results",
+TOPK_ORDER: Variable[TopkOrder] = Variable(
+    "SAE_TOPK_ORDER", "tiles", _order,
+    "CPU top-k passes with two sides (within one set; both directions between two): tiles "
+    "(each pair scored once, serving both sides) or rows (each row against all, as shards "
+    "and GPUs do); same results",
 )  # fmt: skip
 
 # A secret, not a setting: the shared password of a hosted instance (auth = "password"), read
@@ -143,7 +144,7 @@ VARIABLES: tuple[Variable, ...] = (
     CPU_KERNEL,
     HOSTED,
     TOPK_ENGINE,
-    TOPK_WITHIN,
+    TOPK_ORDER,
 )
 
 

@@ -39,10 +39,11 @@ TopkEngine = Literal["auto", "torch", "triton"]
 `auto` takes Triton on CUDA when it is installed. Same bound, tie rule and results."""
 TOPK_ENGINES: tuple[TopkEngine, ...] = get_args(TopkEngine)
 
-WithinOrder = Literal["half", "full"]
-"""How a within-set top-k pass on a CPU covers the symmetric score matrix: `half` scores each
-pair once and serves both rows (topk_within.py), `full` scores each row against all."""
-WITHIN_ORDERS: tuple[WithinOrder, ...] = get_args(WithinOrder)
+TopkOrder = Literal["tiles", "rows"]
+"""How a CPU top-k pass with two sides (within one set; both directions between two) orders
+its work: `tiles` scores each pair once and serves the rows of both sides (topk_tiles.py),
+`rows` scores each row against all (the one-sided pass). Same results."""
+TOPK_ORDERS: tuple[TopkOrder, ...] = get_args(TopkOrder)
 
 Orientation = Literal["rows", "columns"]
 """A plain matrix's layout: rows = [n_features, d_model], columns = [d_model, n_features]."""
@@ -77,6 +78,6 @@ __all__ = [
     "Progress",
     "TOPK_ENGINES",
     "TopkEngine",
-    "WITHIN_ORDERS",
-    "WithinOrder",
+    "TOPK_ORDERS",
+    "TopkOrder",
 ]

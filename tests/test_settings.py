@@ -36,8 +36,8 @@ def test_unset_or_blank_gives_the_default(variable, monkeypatch):
         (settings.TOPK_ENGINE, "torch", "torch"),
         (settings.CPU_KERNEL, "OFF", "off"),
         (settings.CPU_KERNEL, "auto", "auto"),
-        (settings.TOPK_WITHIN, "Full", "full"),
-        (settings.TOPK_WITHIN, "half", "half"),
+        (settings.TOPK_ORDER, "Rows", "rows"),
+        (settings.TOPK_ORDER, "tiles", "tiles"),
     ],
 )
 def test_values_are_parsed(variable, text, value, monkeypatch):
@@ -58,7 +58,7 @@ def test_values_are_parsed(variable, text, value, monkeypatch):
         (settings.MEMORY_BUDGET_MB, "8 GB"),  # was a silent fallback to the default
         (settings.DEMO, "tiny"),  # was silently the real demo
         (settings.TOPK_ENGINE, "cuda"),
-        (settings.TOPK_WITHIN, "quarter"),
+        (settings.TOPK_ORDER, "half"),
         (settings.CPU_KERNEL, "on"),
     ],
 )

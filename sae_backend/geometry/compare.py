@@ -9,17 +9,26 @@ dictionaries' fingerprints and the parameters, so a repeated comparison costs a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..cache import ArrayCache, make_key, through
+from ..activity import ACTIVITY, exclusive
+from ..cache import ArrayCache, make_key, resolve_cache, through
 from ..dictionary import Dictionary
 from ..errors import InputError
 from ..types import DIRECTIONS, Directions, Float32, Int64, Progress
 from .matching import DEFAULT_TOLERANCE, K_CANDIDATES, DoubleCounting, Matching, double_counting
 from .stats import Summary, summarize
+
+if TYPE_CHECKING:
+    import torch
+
+    from ._cpu_select import Kernel
 
 # torch (topk) and scipy/numba (matching's solvers) are imported inside the computations below,
 # so a cached answer is read without them (`python -m sae_backend compare` on a warm cache)
@@ -30,8 +39,10 @@ __all__ = [
     "DIRECTIONS",
     "MAX_K",
     "Comparison",
+    "both_in_one_pass",
     "check_comparable",
     "compare",
+    "compare_both",
     "compare_entry",
     "match",
 ]
@@ -124,11 +135,105 @@ def compare(
         return compare_entry(a, b, directions=directions, k=k, device=device, progress=progress)
 
     fb = None if b is None else b.fingerprint
-    key = make_key("compare", a.fingerprint, fb or "self", directions=directions, k=k)
-    arrays, _ = through(cache, key, compute)
+    arrays, _ = through(cache, _compare_key(a, b, directions, k), compute)
     return Comparison(
         a.fingerprint, fb, directions, ia, arrays["values"], arrays["indices"], n_targets
     )
+
+
+def compare_both(
+    a: Dictionary,
+    b: Dictionary,
+    *,
+    directions: Directions = "decoder",
+    k: int = 1,
+    device: str = "auto",
+    progress: Progress | None = None,
+    cache: ArrayCache | None | bool = True,
+) -> tuple[Comparison, Comparison]:
+    """`compare(a, b)` and `compare(b, a)`, from one pass over the scores when neither is
+    cached and the pass can serve both sides (`topk.tiles_kernel`: a CPU with the compiled
+    kernel), else as two comparisons. Both are cached under `compare`'s keys, so either is
+    then a lookup for `compare` too. Concurrent callers of one pair in this process (a page's
+    A -> B and B -> A jobs) compute it once. `progress` counts A's rows."""
+    from .topk import pick_device
+
+    check_comparable([a, b], directions)
+    ia, ib = a.alive_index, b.alive_index
+    if len(ia) == 0 or len(ib) == 0:
+        empty = a if len(ia) == 0 else b
+        raise InputError(f"{empty.meta.source} has no alive features to compare")
+    if not 1 <= k <= min(MAX_K, len(ia), len(ib)):
+        raise InputError(f"k must be between 1 and {min(MAX_K, len(ia), len(ib))}, got {k}")
+    store = resolve_cache(cache)
+    keys = [_compare_key(x, y, directions, k) for x, y in ((a, b), (b, a))]
+    dev = pick_device(device)
+    kernel = _pair_kernel(a, b, dev)
+    with _pair_lock(keys):
+        hits = [store.get(key) for key in keys] if store is not None else [None, None]
+        if kernel is None or any(h is not None for h in hits):
+            # one side known, or no two-sided pass here: each through `compare`
+            return (
+                compare(a, b, directions=directions, k=k, device=device, progress=progress,
+                        cache=cache),
+                compare(b, a, directions=directions, k=k, device=device, cache=cache),
+            )  # fmt: skip
+        from .topk import _to_device
+        from .topk_tiles import pair_topk
+
+        ta, tb = (_to_device(_rows(d, directions, d.alive_index), dev) for d in (a, b))
+        label = f"top-{k} of {len(ia):,} x {len(ib):,} both ways on {dev}"
+        with ACTIVITY.track("compare", keys[0]), exclusive(str(dev), label, len(ia) * len(ib)):
+            (va, xa), (vb, xb), _ = pair_topk(ta, tb, k, kernel, progress=progress)
+        entries = [
+            {"values": va.numpy(), "indices": ib[xa.numpy()]},
+            {"values": vb.numpy(), "indices": ia[xb.numpy()]},
+        ]
+        if store is not None:
+            for key, arrays in zip(keys, entries, strict=True):
+                store.set(key, arrays)
+    return (
+        Comparison(a.fingerprint, b.fingerprint, directions, ia, entries[0]["values"],
+                   entries[0]["indices"], len(ib)),
+        Comparison(b.fingerprint, a.fingerprint, directions, ib, entries[1]["values"],
+                   entries[1]["indices"], len(ia)),
+    )  # fmt: skip
+
+
+def both_in_one_pass(a: Dictionary, b: Dictionary, k: int = 1, device: str = "auto") -> bool:
+    """Whether `compare_both(a, b, k=k)` would take one two-sided pass here (a CPU with the
+    compiled kernel, big enough for bf16; k within both sets): then asking for both
+    directions costs about one comparison and a third, instead of two."""
+    from .topk import pick_device
+
+    if not 1 <= k <= min(MAX_K, len(a.alive_index), len(b.alive_index)):
+        return False
+    return _pair_kernel(a, b, pick_device(device)) is not None
+
+
+def _pair_kernel(a: Dictionary, b: Dictionary, dev: torch.device) -> Kernel | None:
+    from .topk import auto_precision, tiles_kernel
+
+    n_a, n_b = len(a.alive_index), len(b.alive_index)
+    return tiles_kernel(auto_precision(n_a, n_b, dev), dev, min(n_a, n_b))
+
+
+def _compare_key(a: Dictionary, b: Dictionary | None, directions: Directions, k: int) -> str:
+    fb = None if b is None else b.fingerprint
+    return make_key("compare", a.fingerprint, fb or "self", directions=directions, k=k)
+
+
+_PAIR_LOCKS: dict[frozenset[str], threading.Lock] = {}
+_PAIR_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pair_lock(keys: list[str]) -> Iterator[None]:
+    """One lock per unordered pair of comparison keys, for this process's threads."""
+    with _PAIR_LOCKS_GUARD:
+        lock = _PAIR_LOCKS.setdefault(frozenset(keys), threading.Lock())
+    with lock:
+        yield
 
 
 def compare_entry(

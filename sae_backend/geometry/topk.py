@@ -191,15 +191,15 @@ def topk_cosine(
         raise ValueError(f"rows must be a slice with step 1, got {rows}")
     m = max(0, stop - start)
     label = f"top-{k} of {m:,} x {n_b:,} on {dev}"
-    half = _within_kernel(precision, dev, self_mode and m == n_a, n_a)
-    if half is not None:
-        from .topk_within import TILE, within_topk
+    tiles = tiles_kernel(precision, dev, n_a) if self_mode and m == n_a else None
+    if tiles is not None:
+        from .topk_tiles import TILE, within_topk
 
         with exclusive(str(dev), label, m * n_b):
-            v, i, fallback_rows = within_topk(ta, k, half, progress=progress)
+            (v, i), fallback_rows = within_topk(ta, k, tiles, progress=progress)
         if info is not None:
             info.update(path=precision, device=str(dev), block_rows=TILE, engine="torch",
-                        order="half", fallback_rows=fallback_rows)  # fmt: skip
+                        order="tiles", fallback_rows=fallback_rows)  # fmt: skip
         return TopK(v.numpy(), i.numpy())
     values = torch.empty((m, k), dtype=torch.float32)
     indices = torch.empty((m, k), dtype=torch.int64)
@@ -220,21 +220,20 @@ def topk_cosine(
                 progress(r1 - start, m)
     if info is not None:
         info.update(path=precision, device=str(dev), block_rows=bm, fallback_rows=fallback_rows)
-        info.update(engine=run.engine if run is not None else "torch", order="full")
+        info.update(engine=run.engine if run is not None else "torch", order="rows")
     return TopK(values.numpy(), indices.numpy())
 
 
-def _within_kernel(
-    precision: str, dev: torch.device, whole_within: bool, n: int
-) -> _cpu_select.Kernel | None:
-    """The compiled kernel when this pass takes `topk_within` (half the score matrix): a
-    whole within-set bf16 pass on a CPU of at least two blocks, with the torch engine and
-    $SAE_TOPK_WITHIN=half; shards (`rows`) and GPUs keep the one-sided pass."""
-    from .topk_within import TILE
+def tiles_kernel(precision: str, dev: torch.device, n: int) -> _cpu_select.Kernel | None:
+    """The compiled kernel when a whole pass with two sides (within one set, or both
+    directions between two) takes `topk_tiles`: bf16 on a CPU, more than one block of `n`
+    rows, the torch engine and $SAE_TOPK_ORDER=tiles; else None (the one-sided pass, as for
+    shards and GPUs)."""
+    from .topk_tiles import TILE
 
-    if not (whole_within and precision == "bf16" and dev.type == "cpu" and n > TILE):
+    if not (precision == "bf16" and dev.type == "cpu" and n > TILE):
         return None
-    if settings.TOPK_WITHIN.get() != "half" or settings.TOPK_ENGINE.get() == "triton":
+    if settings.TOPK_ORDER.get() != "tiles" or settings.TOPK_ENGINE.get() == "triton":
         return None
     return _cpu_select.kernel()
 

@@ -1,5 +1,6 @@
-"""The within-set top-k over half the score matrix (geometry/topk_within) against float64 and
-against the one-sided pass.
+"""Top-k from both sides of each tile (geometry/topk_tiles): within one set over half the
+score matrix, and between two sets in both directions at once, against float64 and against
+the one-sided pass.
 
 Small tiles make small inputs cover many tiles: diagonal and off-diagonal ones, blocks that
 are multiples of GROUP and a last one shorter than GROUP, k larger than a tile. The data has
@@ -15,9 +16,9 @@ import pytest
 import torch
 
 from sae_backend.errors import InputError
-from sae_backend.geometry import _cpu_select, topk_within
+from sae_backend.geometry import _cpu_select, topk_tiles
 from sae_backend.geometry.topk import GROUP, TopK, strided_layout, strided_order, topk_cosine
-from sae_backend.geometry.topk_within import blocks, within_topk
+from sae_backend.geometry.topk_tiles import blocks, pair_topk, within_topk
 from tests.test_cpu_select import needs_compiler
 from tests.test_topk import assert_matches_reference, unit
 
@@ -45,7 +46,7 @@ def planted(n: int, d: int, seed: int) -> np.ndarray:
 
 
 def result(a: np.ndarray, k: int, kernel: _cpu_select.Kernel, tile: int):
-    v, i, _ = within_topk(torch.from_numpy(a), k, kernel, tile=tile)
+    (v, i), _ = within_topk(torch.from_numpy(a), k, kernel, tile=tile)
     return TopK(v.numpy(), i.numpy())
 
 
@@ -88,40 +89,40 @@ def test_identical_to_the_one_sided_pass(n, k, monkeypatch):
     """Both orders re-score with the kernel's dot products, which are symmetric bit for bit:
     on data without fallback rows the two passes agree in every bit."""
     a = unit(np.random.default_rng(n).standard_normal((n, 64)))
-    monkeypatch.setattr(topk_within, "TILE", 512)
+    monkeypatch.setattr(topk_tiles, "TILE", 512)
     got: dict[str, tuple] = {}
-    for order in ("half", "full"):
-        monkeypatch.setenv("SAE_TOPK_WITHIN", order)
+    for order in ("tiles", "rows"):
+        monkeypatch.setenv("SAE_TOPK_ORDER", order)
         info: dict = {}
         res = topk_cosine(a, None, k, device="cpu", precision="bf16", info=info)
         assert info["order"] == order and info["fallback_rows"] == 0
         got[order] = res
-    np.testing.assert_array_equal(got["half"].indices, got["full"].indices)
-    np.testing.assert_array_equal(got["half"].values, got["full"].values)
-    assert_matches_reference(got["half"], a, None, k)
+    np.testing.assert_array_equal(got["tiles"].indices, got["rows"].indices)
+    np.testing.assert_array_equal(got["tiles"].values, got["rows"].values)
+    assert_matches_reference(got["tiles"], a, None, k)
 
 
 def test_which_passes_take_half(monkeypatch):
     a = unit(np.random.default_rng(2).standard_normal((700, 32)))
-    monkeypatch.setattr(topk_within, "TILE", 256)
+    monkeypatch.setattr(topk_tiles, "TILE", 256)
 
     def order(**kw) -> str:
         info: dict = {}
         topk_cosine(a, kw.pop("b", None), 2, device="cpu", info=info, **kw)
         return info["order"]
 
-    assert order(precision="bf16") == "half"
-    assert order(precision="fp32") == "full"
-    assert order(precision="bf16", rows=slice(0, 256)) == "full"  # a shard
-    assert order(precision="bf16", b=a) == "full"  # across two sets
-    monkeypatch.setenv("SAE_TOPK_WITHIN", "full")
-    assert order(precision="bf16") == "full"
-    monkeypatch.setenv("SAE_TOPK_WITHIN", "quarter")
-    with pytest.raises(InputError, match="SAE_TOPK_WITHIN"):
+    assert order(precision="bf16") == "tiles"
+    assert order(precision="fp32") == "rows"
+    assert order(precision="bf16", rows=slice(0, 256)) == "rows"  # a shard
+    assert order(precision="bf16", b=a) == "rows"  # across two sets
+    monkeypatch.setenv("SAE_TOPK_ORDER", "rows")
+    assert order(precision="bf16") == "rows"
+    monkeypatch.setenv("SAE_TOPK_ORDER", "half")
+    with pytest.raises(InputError, match="SAE_TOPK_ORDER"):
         order(precision="bf16")
-    monkeypatch.setenv("SAE_TOPK_WITHIN", "half")
+    monkeypatch.setenv("SAE_TOPK_ORDER", "tiles")
     monkeypatch.setattr(_cpu_select, "kernel", lambda: None)  # no compiler: one-sided
-    assert order(precision="bf16") == "full"
+    assert order(precision="bf16") == "rows"
 
 
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 4095, 4096, 4097, 10_000, 46_080])
@@ -172,3 +173,29 @@ def test_transpose_is_torchs(shape, kernel):
     assert torch.equal(kernel.transpose(s), s.T.contiguous())
     out = torch.empty(shape[::-1], dtype=torch.bfloat16)
     assert kernel.transpose(s, out).data_ptr() == out.data_ptr() and torch.equal(out, s.T)
+
+
+@pytest.mark.parametrize(
+    "n_a, n_b, k, tile", [(700, 1000, 1, 128), (300, 257, 6, 64), (64, 65, 3, 64), (90, 40, 30, 64)]
+)
+def test_pair_gives_both_directions_as_two_one_sided_passes(n_a, n_b, k, tile, kernel):
+    rng = np.random.default_rng(n_a + n_b)
+    a = unit(rng.standard_normal((n_a, 48)))
+    b = unit(rng.standard_normal((n_b, 48)))
+    m = min(n_a, n_b) // 2  # planted: b[j] is a slightly moved copy of a[2j]
+    b[:m] = unit(a[: 2 * m : 2] + 0.05 * rng.standard_normal((m, 48)))
+    b[m] = a[1]  # an exact copy: cosine 1
+    a[7] = 0.0  # a zero row: ties at 0 with every row of B
+    (va, ia), (vb, ib), _ = pair_topk(
+        torch.from_numpy(a), torch.from_numpy(b), k, kernel, tile=tile
+    )
+    forward, backward = TopK(va.numpy(), ia.numpy()), TopK(vb.numpy(), ib.numpy())
+    assert_matches_reference(forward, a, b, k)
+    assert_matches_reference(backward, b, a, k)
+    assert ib[:m, 0].tolist() == list(range(0, 2 * m, 2)) and ib[m, 0] == 1
+    assert forward.values[7].tolist() == [0.0] * k and forward.indices[7].tolist() == list(range(k))
+    for x, y, got in ((a, b, forward), (b, a, backward)):  # the one-sided pass, bit for bit
+        one = topk_cosine(x, y, k, device="cpu", precision="bf16")
+        live = np.linalg.norm(x, axis=1) > 0  # the zero row falls back in both: last bits
+        np.testing.assert_array_equal(got.indices, one.indices)
+        np.testing.assert_array_equal(got.values[live], one.values[live])
