@@ -124,17 +124,16 @@ def comparison_work(
     k: int = 1,
     label: str = "",
 ) -> Work[Comparison]:
-    """compare(a, b) (b None: within a); the backend also caches it on disk. Where one pass
-    can give both directions (`both_in_one_pass`: a CPU with the compiled kernel), A -> B
-    also computes B -> A: the pages that show one (Similarity's heatmap, UMAP) show both,
-    and B -> A's job then finds it cached."""
+    """compare(a, b) (b None: within a); the backend also caches it on disk. Across two
+    dictionaries, B -> A is computed in the same pass where that is nearly free
+    (`compare_with_reverse`): the pages that show one direction show the other too."""
 
     def compute(progress: Progress) -> Comparison:
-        from sae_backend.geometry.compare import both_in_one_pass, compare, compare_both
+        from sae_backend.geometry.compare import compare, compare_with_reverse
 
-        if b is not None and both_in_one_pass(a, b, k):
-            return compare_both(a, b, directions=directions, k=k, progress=progress)[0]
-        return compare(a, b, directions=directions, k=k, progress=progress)
+        if b is None:
+            return compare(a, None, directions=directions, k=k, progress=progress)
+        return compare_with_reverse(a, b, directions=directions, k=k, progress=progress)
 
     key = ("compare", a.fingerprint, b and b.fingerprint, directions, k)
     return Work(key, compute, label or f"compare ({directions})", shared_memory())

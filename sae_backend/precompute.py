@@ -5,7 +5,8 @@ for each requested direction, runs what the pages ask for with the pages' own ar
 
 * compare:  `compare(a, None)` for each dictionary (Home, the Similarity diagonal) and
             `compare(a, b)` for every ordered pair (Similarity, its heatmap, UMAP colours);
-            k=1 throughout, as the pages use.
+            k=1 throughout, as the pages use; where one pass gives both directions
+            (`compare_with_reverse`), (b, a) is then found cached.
 * null:     `random_null(n_a, n_b, d)` for the sizes of those comparisons (Similarity's grey
             histograms); the same for both directions, so each size is computed once.
 * match:    `match(a, b)` for every ordered pair (Similarity's one-to-one histograms, the
@@ -34,7 +35,7 @@ from .cache import ArrayCache, resolve_cache
 from .catalogue import Catalogue, catalogue
 from .dictionary import Dictionary
 from .errors import InputError, SAEError
-from .geometry.compare import compare, match
+from .geometry.compare import compare, compare_with_reverse, match
 from .geometry.stats import random_null
 from .projection import UMAP_DEFAULTS, umap_embedding
 from .types import DIRECTIONS, Directions, Progress
@@ -197,7 +198,11 @@ def _compare_items(ctx: _Context) -> Iterator[Item]:
             label = f"{a} within itself ({dirs})" if b is None else f"{a} -> {b} ({dirs})"
             names = [a] if b is None else [a, b]
             other = None if b is None else ctx.dicts[b]
-            call = partial(compare, ctx.dicts[a], other, directions=dirs, k=1, **ctx.where)
+            kw = {"directions": dirs, "k": 1, **ctx.where}
+            if other is None:
+                call = partial(compare, ctx.dicts[a], None, **kw)
+            else:  # B -> A in the same pass where nearly free, as the pages compute it
+                call = partial(compare_with_reverse, ctx.dicts[a], other, **kw)
             yield ctx.item("compare", label, names, dirs, call)
 
 

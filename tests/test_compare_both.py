@@ -128,3 +128,19 @@ def test_both_in_one_pass_says_when_one_pass_serves_both(tmp_path, small_tiles, 
     assert not both_in_one_pass(a, b, k=len(b.alive_index) + 1)  # k beyond B: compare() only
     monkeypatch.setenv("SAE_TOPK_ORDER", "rows")
     assert not both_in_one_pass(a, b)
+
+
+def test_compare_with_reverse_leaves_the_reverse_cached(tmp_path, small_tiles, monkeypatch):
+    from sae_backend.geometry.compare import _compare_key, compare_with_reverse
+
+    a, b, *_ = planted_pair(tmp_path)
+    cache = ArrayCache(tmp_path / "cache")
+    fwd = compare_with_reverse(a, b, k=1, cache=cache)
+    assert small_tiles == [len(a.alive_index)] and cache.stats.misses == 1
+    np.testing.assert_array_equal(fwd.values, compare(a, b, k=1, cache=False).values)
+    back = compare_with_reverse(b, a, k=1, cache=cache)  # a lookup: no pass, a hit
+    assert small_tiles == [len(a.alive_index)] and cache.stats.misses == 1
+    np.testing.assert_array_equal(back.indices, compare(b, a, k=1, cache=False).indices)
+    monkeypatch.setenv("SAE_TOPK_ORDER", "rows")  # no two-sided pass: plain compare
+    compare_with_reverse(a, b, k=2, cache=cache)
+    assert len(small_tiles) == 1 and cache.get(_compare_key(b, a, "decoder", 2)) is None

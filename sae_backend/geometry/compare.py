@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..activity import ACTIVITY, exclusive
+from ..activity import exclusive
 from ..cache import ArrayCache, make_key, resolve_cache, through
 from ..dictionary import Dictionary
 from ..errors import InputError
@@ -44,6 +44,7 @@ __all__ = [
     "compare",
     "compare_both",
     "compare_entry",
+    "compare_with_reverse",
     "match",
 ]
 
@@ -158,63 +159,100 @@ def compare_both(
     A -> B and B -> A jobs) compute it once. `progress` counts A's rows."""
     from .topk import pick_device
 
+    ia, ib = a.alive_index, b.alive_index
+    if not 1 <= k <= min(MAX_K, len(ia), len(ib)):  # compare() checks the rest
+        raise InputError(f"k must be between 1 and {min(MAX_K, len(ia), len(ib))}, got {k}")
+    dev = pick_device(device)
+    kernel = _pair_kernel(a, b, dev, k)
+    if resolve_cache(cache) is None and kernel is not None:  # nothing to keep: one pass
+        check_comparable([a, b], directions)
+        fwd, rev = _both_ways(a, b, directions, k, dev, kernel, progress)
+        return (
+            Comparison(a.fingerprint, b.fingerprint, directions, ia, *fwd, len(ib)),
+            Comparison(b.fingerprint, a.fingerprint, directions, ib, *rev, len(ia)),
+        )
+    kw = {"directions": directions, "k": k, "device": device, "cache": cache}
+    forward = compare_with_reverse(a, b, progress=progress, **kw)  # type: ignore[arg-type]
+    return forward, compare(b, a, **kw)  # type: ignore[arg-type]
+
+
+def compare_with_reverse(
+    a: Dictionary,
+    b: Dictionary,
+    *,
+    directions: Directions = "decoder",
+    k: int = 1,
+    device: str = "auto",
+    progress: Progress | None = None,
+    cache: ArrayCache | None | bool = True,
+) -> Comparison:
+    """`compare(a, b)`, computing and caching `compare(b, a)` in the same pass where one pass
+    serves both (`both_in_one_pass`): what the dashboard and `precompute` ask for, since the
+    pages that show A -> B show B -> A too; B -> A then costs a lookup."""
+    from .topk import pick_device
+
+    dev = pick_device(device)
+    store = resolve_cache(cache)
+    kernel = _pair_kernel(a, b, dev, k)
+    if kernel is None or store is None:
+        return compare(a, b, directions=directions, k=k, device=device, progress=progress,
+                       cache=cache)  # fmt: skip
     check_comparable([a, b], directions)
     ia, ib = a.alive_index, b.alive_index
-    if len(ia) == 0 or len(ib) == 0:
-        empty = a if len(ia) == 0 else b
-        raise InputError(f"{empty.meta.source} has no alive features to compare")
-    if not 1 <= k <= min(MAX_K, len(ia), len(ib)):
-        raise InputError(f"k must be between 1 and {min(MAX_K, len(ia), len(ib))}, got {k}")
-    store = resolve_cache(cache)
     keys = [_compare_key(x, y, directions, k) for x, y in ((a, b), (b, a))]
-    dev = pick_device(device)
-    kernel = _pair_kernel(a, b, dev)
-    with _pair_lock(keys):
-        hits = [store.get(key) for key in keys] if store is not None else [None, None]
-        if kernel is None or any(h is not None for h in hits):
-            # one side known, or no two-sided pass here: each through `compare`
-            return (
-                compare(a, b, directions=directions, k=k, device=device, progress=progress,
-                        cache=cache),
-                compare(b, a, directions=directions, k=k, device=device, cache=cache),
-            )  # fmt: skip
-        from .topk import _to_device
-        from .topk_tiles import pair_topk
 
-        ta, tb = (_to_device(_rows(d, directions, d.alive_index), dev) for d in (a, b))
-        label = f"top-{k} of {len(ia):,} x {len(ib):,} both ways on {dev}"
-        with ACTIVITY.track("compare", keys[0]), exclusive(str(dev), label, len(ia) * len(ib)):
-            (va, xa), (vb, xb), _ = pair_topk(ta, tb, k, kernel, progress=progress)
-        entries = [
-            {"values": va.numpy(), "indices": ib[xa.numpy()]},
-            {"values": vb.numpy(), "indices": ia[xb.numpy()]},
-        ]
-        if store is not None:
-            for key, arrays in zip(keys, entries, strict=True):
-                store.set(key, arrays)
-    return (
-        Comparison(a.fingerprint, b.fingerprint, directions, ia, entries[0]["values"],
-                   entries[0]["indices"], len(ib)),
-        Comparison(b.fingerprint, a.fingerprint, directions, ib, entries[1]["values"],
-                   entries[1]["indices"], len(ia)),
-    )  # fmt: skip
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
+        if store.get(keys[1]) is not None:  # B -> A is known: A -> B alone
+            return compare_entry(a, b, directions=directions, k=k, device=device,
+                                 progress=progress)  # fmt: skip
+        (v, i), (rv, ri) = _both_ways(a, b, directions, k, dev, kernel, progress)
+        store.set(keys[1], {"values": rv, "indices": ri})
+        return {"values": v, "indices": i}, {}
+
+    with _pair_lock(keys):  # B -> A's caller waits here, then finds A -> B stored
+        arrays, _ = through(store, keys[0], compute)
+    return Comparison(
+        a.fingerprint, b.fingerprint, directions, ia, arrays["values"], arrays["indices"], len(ib)
+    )
+
+
+def _both_ways(
+    a: Dictionary,
+    b: Dictionary,
+    directions: Directions,
+    k: int,
+    dev: torch.device,
+    kernel: Kernel,
+    progress: Progress | None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((values, feature indices) of A -> B, the same of B -> A) from one two-sided pass."""
+    from .topk import _to_device
+    from .topk_tiles import pair_topk
+
+    ia, ib = a.alive_index, b.alive_index
+    ta, tb = (_to_device(_rows(d, directions, d.alive_index), dev) for d in (a, b))
+    label = f"top-{k} of {len(ia):,} x {len(ib):,} both ways on {dev}"
+    with exclusive(str(dev), label, len(ia) * len(ib)):
+        (va, xa), (vb, xb), _ = pair_topk(ta, tb, k, kernel, progress=progress)
+    return (va.numpy(), ib[xa.numpy()]), (vb.numpy(), ia[xb.numpy()])
 
 
 def both_in_one_pass(a: Dictionary, b: Dictionary, k: int = 1, device: str = "auto") -> bool:
-    """Whether `compare_both(a, b, k=k)` would take one two-sided pass here (a CPU with the
-    compiled kernel, big enough for bf16; k within both sets): then asking for both
-    directions costs about one comparison and a third, instead of two."""
+    """Whether one pass gives `compare(a, b)` and `compare(b, a)` here (a CPU with the compiled
+    kernel, a pass big enough for bf16, k within both sets): then both directions cost about
+    one comparison and a third, instead of two."""
     from .topk import pick_device
 
-    if not 1 <= k <= min(MAX_K, len(a.alive_index), len(b.alive_index)):
-        return False
-    return _pair_kernel(a, b, pick_device(device)) is not None
+    return _pair_kernel(a, b, pick_device(device), k) is not None
 
 
-def _pair_kernel(a: Dictionary, b: Dictionary, dev: torch.device) -> Kernel | None:
+def _pair_kernel(a: Dictionary, b: Dictionary, dev: torch.device, k: int) -> Kernel | None:
+    """The kernel of a two-sided pass of A and B here (`topk.tiles_kernel`), or None."""
     from .topk import auto_precision, tiles_kernel
 
     n_a, n_b = len(a.alive_index), len(b.alive_index)
+    if not 1 <= k <= min(MAX_K, n_a, n_b):
+        return None
     return tiles_kernel(auto_precision(n_a, n_b, dev), dev, min(n_a, n_b))
 
 
