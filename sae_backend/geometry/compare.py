@@ -253,7 +253,7 @@ def _pair_kernel(a: Dictionary, b: Dictionary, dev: torch.device, k: int) -> Ker
     n_a, n_b = len(a.alive_index), len(b.alive_index)
     if not 1 <= k <= min(MAX_K, n_a, n_b):
         return None
-    return tiles_kernel(auto_precision(n_a, n_b, dev), dev, min(n_a, n_b))
+    return tiles_kernel(auto_precision(n_a, n_b, dev), dev, min(n_a, n_b), within=False)
 
 
 def _compare_key(a: Dictionary, b: Dictionary | None, directions: Directions, k: int) -> str:

@@ -191,7 +191,7 @@ def topk_cosine(
         raise ValueError(f"rows must be a slice with step 1, got {rows}")
     m = max(0, stop - start)
     label = f"top-{k} of {m:,} x {n_b:,} on {dev}"
-    tiles = tiles_kernel(precision, dev, n_a) if self_mode and m == n_a else None
+    tiles = tiles_kernel(precision, dev, n_a, within=True) if self_mode and m == n_a else None
     if tiles is not None:
         from .topk_tiles import TILE, within_topk
 
@@ -224,14 +224,16 @@ def topk_cosine(
     return TopK(values.numpy(), indices.numpy())
 
 
-def tiles_kernel(precision: str, dev: torch.device, n: int) -> _cpu_select.Kernel | None:
-    """The compiled kernel when a whole pass with two sides (within one set, or both
-    directions between two) takes `topk_tiles`: bf16 on a CPU, more than one block of `n`
-    rows, the torch engine and $SAE_TOPK_ORDER=tiles; else None (the one-sided pass, as for
-    shards and GPUs)."""
-    from .topk_tiles import TILE
+def tiles_kernel(
+    precision: str, dev: torch.device, n: int, within: bool
+) -> _cpu_select.Kernel | None:
+    """The compiled kernel when a whole pass with two sides (`within` one set of n rows, or
+    both directions between two of at least n rows) takes `topk_tiles`: bf16 on a CPU, sets
+    large enough for the tiles to gain (`topk_tiles.gains`), the torch engine and
+    $SAE_TOPK_ORDER=tiles; else None (the one-sided pass, as for shards and GPUs)."""
+    from .topk_tiles import gains
 
-    if not (precision == "bf16" and dev.type == "cpu" and n > TILE):
+    if not (precision == "bf16" and dev.type == "cpu" and gains(n, within)):
         return None
     if settings.TOPK_ORDER.get() != "tiles" or settings.TOPK_ENGINE.get() == "triton":
         return None

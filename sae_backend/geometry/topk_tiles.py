@@ -55,6 +55,15 @@ from .topk import (
 TILE = 4096  # rows per block: bf16 tiles of 32 MB; a multiple of GROUP
 
 
+def gains(n: int, within: bool) -> bool:
+    """Whether tiles beat the one-sided pass for sets of n rows (the smaller set of a pair).
+    Measured on a 2-core EPYC (benchmarks/bench_tiles.py, docs/benchmarks.md): within one
+    set the diagonal tiles are whole one-sided blocks and the gain starts at about five
+    blocks (0.91x at 12,288 rows, 1.19x at 24,576); for both directions of a pair one pass
+    replaces two and gains from two blocks on (1.36x at 12,288)."""
+    return n >= (5 if within else 2) * TILE
+
+
 def blocks(n: int, tile: int = TILE) -> list[tuple[int, int]]:
     """[start, stop) of each block: `tile` rows, then the rest as a multiple of GROUP and,
     last, fewer than GROUP rows (so no block but a short last one needs padding)."""
