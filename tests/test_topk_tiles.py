@@ -202,3 +202,22 @@ def test_pair_gives_both_directions_as_two_one_sided_passes(n_a, n_b, k, tile, k
         live = np.linalg.norm(x, axis=1) > 0  # the zero row falls back in both: last bits
         np.testing.assert_array_equal(got.indices, one.indices)
         np.testing.assert_array_equal(got.values[live], one.values[live])
+
+
+def test_a_index_reads_rows_in_place_of_a_reordered_copy(kernel):
+    from sae_backend.geometry.topk import _Bf16Bound, max_pairs
+
+    rng = np.random.default_rng(4)
+    a = torch.from_numpy(unit(rng.standard_normal((200, 32))))
+    b = torch.from_numpy(unit(rng.standard_normal((256, 32))))
+    pick = torch.from_numpy(rng.permutation(200)[:96])  # 96 rows of a, in another order
+    s = torch.mm(a[pick].to(torch.bfloat16), strided_layout(b))
+    delta = _Bf16Bound(b, 2)._delta(a[pick], a[pick].to(torch.bfloat16))
+    kw = dict(n_groups=4, group=GROUP, self_offset=None, k=2, n_keep=4, delta=delta,
+              max_pairs=max_pairs(2))  # fmt: skip
+    copied = kernel.block(s, a[pick].contiguous(), b, **kw)
+    indexed = kernel.block(s, a, b, a_index=pick.contiguous(), **kw)
+    for x, y in zip(copied, indexed, strict=True):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="a_index"):
+        kernel.block(s, a, b, a_index=torch.full((96,), 500), **kw)

@@ -249,8 +249,8 @@ void top_pairs(const float* v, const int64_t* ix, int64_t n, int64_t k, float* o
 
 // Rows r0..r1 of a block, whole: candidates, exact re-scores, top-k. Rows that are not
 // complete are left to the caller's exact fallback (their outputs are padding).
-void block_rows(const Block& p, const float* a, const float* b, int64_t d, float* out_v,
-                int64_t* out_i, int64_t r0, int64_t r1) {
+void block_rows(const Block& p, const float* a, const int64_t* a_index, const float* b, int64_t d,
+                float* out_v, int64_t* out_i, int64_t r0, int64_t r1) {
     rows(p, r0, r1);
     std::vector<const float*> x, y;
     std::vector<int64_t> start(r1 - r0 + 1, 0), order;
@@ -259,7 +259,7 @@ void block_rows(const Block& p, const float* a, const float* b, int64_t d, float
         start[i - r0 + 1] = start[i - r0] + n;
         for (int64_t q = 0; q < n; ++q) {
             x.push_back(b + p.cand[i * p.max_pairs + q] * d);
-            y.push_back(a + i * d);
+            y.push_back(a + (a_index != nullptr ? a_index[i] : i) * d);
         }
     }
     std::vector<float> vals(x.size());
@@ -292,7 +292,7 @@ void parallel_rows(int64_t m, int n_threads, F&& body) {
 
 extern "C" {
 
-int sae_select_abi_version() { return 2; }
+int sae_select_abi_version() { return 3; }
 
 // Candidates only (for tests): cand [m, max_pairs], counts, complete, tau per row.
 void sae_candidates(const uint16_t* s, int64_t m, int64_t ng, int64_t group, int64_t n_b,
@@ -306,8 +306,10 @@ void sae_candidates(const uint16_t* s, int64_t m, int64_t ng, int64_t group, int
 
 // One block of topk.py's bf16 path: scores s [m, G*ng] of rows a [m, d] against b [n_b, d];
 // top-k values/indices [m, k] for rows with complete[i] = 1 (the others need the fallback).
-// floor: null, or [m] known lower bounds on each row's k-th best exact score.
-void sae_block(const uint16_t* s, const float* a, const float* b, int64_t m, int64_t d,
+// floor: null, or [m] known lower bounds on each row's k-th best exact score. a_index: null
+// (row i of the scores is a's row i), or [m] the row of a behind each score row.
+void sae_block(const uint16_t* s, const float* a, const int64_t* a_index, const float* b,
+               int64_t m, int64_t d,
                int64_t ng, int64_t group, int64_t n_b, int64_t self_offset, int64_t k,
                int64_t n_keep, const float* delta, int64_t max_pairs, const float* floor,
                float* out_v, int64_t* out_i, uint8_t* complete, int n_threads) {
@@ -316,7 +318,7 @@ void sae_block(const uint16_t* s, const float* a, const float* b, int64_t m, int
     Block p{s, ng, group, n_b, self_offset, k, n_keep, max_pairs, delta, cand.data(),
             counts.data(), complete, tau.data(), floor};
     parallel_rows(m, n_threads, [&](int64_t lo, int64_t hi) {
-        block_rows(p, a, b, d, out_v, out_i, lo, hi);
+        block_rows(p, a, a_index, b, d, out_v, out_i, lo, hi);
     });
 }
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_cpu_select.cpp")
-ABI_VERSION = 2  # sae_select_abi_version() of a build this module can call
+ABI_VERSION = 3  # sae_select_abi_version() of a build this module can call
 _FLAGS = ("-O3", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-pthread")
 _NATIVE = ("-march=native",)  # tried first; without it if the compiler refuses
 
@@ -64,8 +64,8 @@ class Kernel:
         lib.sae_candidates.restype = None
         lib.sae_top_pairs.argtypes = [p, p, i64, i64, p, i64, p, p, c_int]
         lib.sae_top_pairs.restype = None
-        lib.sae_block.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, p, i64, p, p,
-                                  p, p, c_int]  # fmt: skip
+        lib.sae_block.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, p, i64, p,
+                                  p, p, p, c_int]  # fmt: skip
         lib.sae_block.restype = None
         lib.sae_dots.argtypes = [p, p, i64, p, p, i64, p]
         lib.sae_dots.restype = None
@@ -102,11 +102,14 @@ class Kernel:
         delta: torch.Tensor,
         max_pairs: int,
         floor: torch.Tensor | None = None,
+        a_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block of topk.py's bf16 path after its matmul: rows `a` [m, d] (float32) with
         their strided bf16 scores [m, group * n_groups] against `b` [n_b, d] (float32).
         `floor` [m] float32, if given: values each row's k-th best exact score is known to
         reach (from targets outside `b`); candidates below what it allows are skipped.
+        `a_index` [m] int64, if given: score row i belongs to row a_index[i] of `a` (any
+        number of rows), so rows in another order need no reordered copy of `a`.
 
         Returns values [m, k], indices [m, k] and complete [m] bool; rows that are not
         complete hold padding and need topk.py's exact fallback. With a floor, a row may
@@ -114,9 +117,13 @@ class Kernel:
         """
         import torch
 
-        m, d = a.shape
+        m, d = (scores.shape[0], a.shape[1]) if a_index is not None else a.shape
         tensors = [(scores, torch.bfloat16), (a, torch.float32), (b, torch.float32),
                    (delta, torch.float32)] + ([] if floor is None else [(floor, torch.float32)])  # fmt: skip
+        if a_index is not None:
+            tensors.append((a_index, torch.int64))
+            if a_index.shape != (m,) or (m and not 0 <= int(a_index.min()) <= int(a_index.max()) < a.shape[0]):
+                raise ValueError(f"a_index must be [{m}] rows of a")
         for t, dtype in tensors:
             if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
                 raise ValueError(f"expected a contiguous CPU {dtype} tensor, got {t.dtype}")
@@ -128,7 +135,8 @@ class Kernel:
         indices = torch.empty((m, k), dtype=torch.int64)
         complete = torch.empty(m, dtype=torch.uint8)
         self.lib.sae_block(
-            scores.data_ptr(), a.data_ptr(), b.data_ptr(), m, d, n_groups, group, b.shape[0],
+            scores.data_ptr(), a.data_ptr(), None if a_index is None else a_index.data_ptr(),
+            b.data_ptr(), m, d, n_groups, group, b.shape[0],
             -1 if self_offset is None else self_offset, k, n_keep, delta.data_ptr(), max_pairs,
             None if floor is None else floor.data_ptr(), values.data_ptr(), indices.data_ptr(),
             complete.data_ptr(), torch.get_num_threads(),

@@ -79,9 +79,9 @@ def blocks(n: int, tile: int = TILE) -> list[tuple[int, int]]:
 
 @dataclass
 class _Side:
-    """One set of rows [n, d] cut into blocks: as the rows asking (their running top-k, their
-    error bound against the other set, their float32 rows in strided order) and as the
-    columns answered (each block's bf16 strided layout)."""
+    """One set of rows [n, d] cut into blocks: as the rows asking (their running top-k, each
+    block's rows in strided order) and as the columns answered (each block's bf16 strided
+    layout)."""
 
     rows: torch.Tensor
     k: int
@@ -89,7 +89,6 @@ class _Side:
     parts: list[tuple[int, int]] = field(init=False)
     order: list[torch.Tensor] = field(init=False)  # per block: natural row of each position
     layouts: list[torch.Tensor] = field(init=False)
-    strided: torch.Tensor = field(init=False)  # [n, d] the rows block by block, strided order
     values: torch.Tensor = field(init=False)  # [n, k] best so far, descending
     indices: torch.Tensor = field(init=False)
 
@@ -98,14 +97,12 @@ class _Side:
         self.parts = blocks(n, self.tile)
         self.order = [strided_order(hi - lo) + lo for lo, hi in self.parts]
         self.layouts = [strided_layout(self.rows[lo:hi]) for lo, hi in self.parts]
-        self.strided = self.rows[torch.cat(self.order)]
         self.values = torch.full((n, self.k), -torch.inf)
         self.indices = torch.zeros((n, self.k), dtype=torch.int64)
 
-    def bound_against(self, other: _Side) -> tuple[torch.Tensor, torch.Tensor]:
-        """This set's per-row bf16 error bounds against `other`'s rows: natural and strided."""
-        delta = _Bf16Bound(other.rows, self.k)._delta(self.rows, self.rows.to(torch.bfloat16))
-        return delta, delta[torch.cat(self.order)]
+    def bound_against(self, other: _Side) -> torch.Tensor:
+        """[n] this set's per-row bf16 error bounds against `other`'s rows."""
+        return _Bf16Bound(other.rows, self.k)._delta(self.rows, self.rows.to(torch.bfloat16))
 
     def merge(self, rows: torch.Tensor, v: torch.Tensor, i: torch.Tensor) -> None:
         """Fold a tile's exact top-k of `rows` (natural indices) into the best so far."""
@@ -129,9 +126,8 @@ class _Tiles:
         """Block x of a set against itself: one-sided, natural order, self excluded."""
         side = self.a
         lo, hi = side.parts[x]
-        own = side.rows[lo:hi]
-        s = torch.mm(own.to(torch.bfloat16), side.layouts[x])
-        self._answer(s, torch.arange(lo, hi), own, self.delta_a[0][lo:hi], side, side, x, 0)
+        s = torch.mm(side.rows[lo:hi].to(torch.bfloat16), side.layouts[x])
+        self._answer(s, torch.arange(lo, hi), self.delta_a, side, side, x, self_offset=0)
 
     def tile(self, x: int, y: int) -> None:
         """Block x of A against block y of B, serving the rows of both."""
@@ -140,41 +136,38 @@ class _Tiles:
         lhs = a.layouts[x].T  # block x's rows in strided order, bf16 (padding last)
         shape = (lhs.shape[0], b.layouts[y].shape[1])
         s = torch.mm(lhs, b.layouts[y], out=self.spare.get("s", shape, torch.bfloat16))
-        rows_a = a.strided[lo_i:hi_i]
-        self._answer(s[: hi_i - lo_i], a.order[x], rows_a, self.delta_a[1][lo_i:hi_i], a, b, y)
+        self._answer(s[: hi_i - lo_i], a.order[x], self.delta_a, a, b, y)
         # the transpose: rows of block y (strided order, padding last) against block x
         t = self.kernel.transpose(s, self.spare.get("t", shape[::-1], torch.bfloat16))
         m_j = hi_j - lo_j
-        rows_b = b.strided[lo_j:hi_j]
-        self._answer(t[:m_j], b.order[y][:m_j], rows_b, self.delta_b[1][lo_j:hi_j], b, a, x)
+        self._answer(t[:m_j], b.order[y][:m_j], self.delta_b, b, a, x)
 
     def _answer(
         self,
         s: torch.Tensor,
         rows: torch.Tensor,
-        ra: torch.Tensor,
-        rd: torch.Tensor,
+        delta: torch.Tensor,
         asking: _Side,
         answering: _Side,
         y: int,
         self_offset: int | None = None,
     ) -> None:
-        """Rows `rows` of `asking` (natural indices, in the order of the score rows `s`; their
-        float32 rows `ra` and bounds `rd`) against block y of `answering`, whose rows are the
-        columns of `s` in strided order; folded into `asking`'s best so far."""
+        """Rows `rows` of `asking` (natural indices, in the order of the score rows `s`; `delta`
+        the bounds of all its rows) against block y of `answering`, whose rows are the columns
+        of `s` in strided order; folded into `asking`'s best so far."""
         lo, hi = answering.parts[y]
         b = answering.rows[lo:hi]
         ng = -(-(hi - lo) // GROUP)
         k = asking.k
         v, i, complete = self.kernel.block(
-            s, ra, b, n_groups=ng, group=GROUP, self_offset=self_offset, k=k,
-            n_keep=keep_groups(ng, k), delta=rd, max_pairs=max_pairs(k),
-            floor=asking.values[rows, k - 1].contiguous(),
+            s, asking.rows, b, n_groups=ng, group=GROUP, self_offset=self_offset, k=k,
+            n_keep=keep_groups(ng, k), delta=delta[rows], max_pairs=max_pairs(k),
+            floor=asking.values[rows, k - 1].contiguous(), a_index=rows,
         )  # fmt: skip
         bad = (~complete).nonzero().squeeze(1)
         if bad.numel():  # float32 against this block, as the one-sided fallback does
             self.overflow += int(bad.numel())
-            exact = ra[bad] @ b.T
+            exact = asking.rows[rows[bad]] @ b.T
             if self_offset is not None:
                 exact[torch.arange(len(bad)), bad + self_offset] = -torch.inf
             kk = min(k, exact.shape[1])
