@@ -101,8 +101,11 @@ class _Side:
         self.indices = torch.zeros((n, self.k), dtype=torch.int64)
 
     def bound_against(self, other: _Side) -> torch.Tensor:
-        """[n] this set's per-row bf16 error bounds against `other`'s rows."""
-        return _Bf16Bound(other.rows, self.k)._delta(self.rows, self.rows.to(torch.bfloat16))
+        """[n] this set's per-row bf16 error bounds against `other`'s rows (a slice of rows at
+        a time: the bound's float32 temporaries of all rows would be 3x the rows' memory)."""
+        bound = _Bf16Bound(other.rows, self.k)
+        chunks = [self.rows[r0 : r0 + 8192] for r0 in range(0, self.rows.shape[0], 8192)]
+        return torch.cat([bound._delta(c, c.to(torch.bfloat16)) for c in chunks])
 
     def merge(self, rows: torch.Tensor, v: torch.Tensor, i: torch.Tensor) -> None:
         """Fold a tile's exact top-k of `rows` (natural indices) into the best so far."""
