@@ -130,3 +130,40 @@ def test_bad_requests_are_one_line_errors(tmp_path, small_tiles, cache):
     with pytest.raises(InputError, match="k must be between 1 and"):
         compare_with_reverse(a, b, k=10_000, cache=cache)
     assert small_tiles == []
+
+
+_CACHED_RUN = """
+import json, sys
+from sae_backend import load
+from sae_backend.geometry.compare import compare_with_reverse
+a, b = load(sys.argv[1]), load(sys.argv[2])
+fwd = compare_with_reverse(a, b, k=2)
+back = compare_with_reverse(b, a, k=2)
+heavy = sorted(m for m in ("torch", "scipy", "numba") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "values": float(fwd.values.sum() + back.values.sum())}))
+"""
+
+
+def test_a_cached_pair_imports_no_torch(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.factories import write_saelens
+
+    rng = np.random.default_rng(5)
+    paths = [write_saelens(tmp_path / n, rng.standard_normal((120, 16)), None) for n in "ab"]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "SAE_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, "-c", _CACHED_RUN, *map(str, paths)],
+                              capture_output=True, text=True, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    cold, cached = run(), run()
+    assert "torch" in cold["heavy"]  # computing needs it (the check is not vacuous)
+    assert cached["heavy"] == [] and cached["values"] == cold["values"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -121,6 +121,22 @@ def compare(
     cache: True uses the default disk cache, False none, or a given ArrayCache.
     Raises InputError for mismatched d_model, a missing encoder or k out of range.
     """
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
+        return compare_entry(a, b, directions=directions, k=k, device=device, progress=progress)
+
+    return _cached_comparison(a, b, directions, k, cache, compute)
+
+
+def _cached_comparison(
+    a: Dictionary,
+    b: Dictionary | None,
+    directions: Directions,
+    k: int,
+    cache: ArrayCache | None | bool,
+    compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
+) -> Comparison:
+    """`compare`'s checks, then its cache entry: read, or `compute()`d and stored."""
     check_comparable([a] if b is None else [a, b], directions)
     ia = a.alive_index
     ib = ia if b is None else b.alive_index
@@ -129,10 +145,6 @@ def compare(
         raise InputError(f"{a.meta.source} has no alive features to compare")
     if not 1 <= k <= min(MAX_K, n_targets):
         raise InputError(f"k must be between 1 and {min(MAX_K, n_targets)}, got {k}")
-
-    def compute() -> tuple[dict[str, np.ndarray], dict]:
-        return compare_entry(a, b, directions=directions, k=k, device=device, progress=progress)
-
     fb = None if b is None else b.fingerprint
     arrays, _ = through(cache, _compare_key(a, b, directions, k), compute)
     return Comparison(
@@ -155,21 +167,21 @@ def compare_with_reverse(
     bf16 and tiles, k within both sets; about 1.3x one direction instead of 2x): what the
     dashboard and `precompute` ask for, since the pages that show A -> B show B -> A too.
     B -> A is then a lookup; concurrent callers of a pair in this process (a page's A -> B
-    and B -> A jobs) compute it once. Without a cache, simply `compare(a, b)`."""
-    from .topk import pick_device
-
-    dev = pick_device(device)
+    and B -> A jobs) compute it once. Without a cache, simply `compare(a, b)`. Whether the
+    pass applies is decided only on a miss: a cached answer needs neither torch nor the
+    compiled kernel."""
     store = resolve_cache(cache)
-    kernel = _pair_kernel(a, b, dev, k)
-    if kernel is None or store is None:
+    if store is None:
         return compare(a, b, directions=directions, k=k, device=device, progress=progress,
-                       cache=cache)  # fmt: skip
-    check_comparable([a, b], directions)
-    ia, ib = a.alive_index, b.alive_index
+                       cache=False)  # fmt: skip
     keys = [_compare_key(x, y, directions, k) for x, y in ((a, b), (b, a))]
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:
-        if store.get(keys[1]) is not None:  # B -> A is known: A -> B alone
+        from .topk import pick_device
+
+        dev = pick_device(device)
+        kernel = _pair_kernel(a, b, dev, k)
+        if kernel is None or store.get(keys[1]) is not None:  # one direction: A -> B alone
             return compare_entry(a, b, directions=directions, k=k, device=device,
                                  progress=progress)  # fmt: skip
         (v, i), (rv, ri) = _both_ways(a, b, directions, k, dev, kernel, progress)
@@ -177,10 +189,7 @@ def compare_with_reverse(
         return {"values": v, "indices": i}, {}
 
     with _pair_lock(keys):  # B -> A's caller waits here, then finds A -> B stored
-        arrays, _ = through(store, keys[0], compute)
-    return Comparison(
-        a.fingerprint, b.fingerprint, directions, ia, arrays["values"], arrays["indices"], len(ib)
-    )
+        return _cached_comparison(a, b, directions, k, store, compute)
 
 
 def _both_ways(
