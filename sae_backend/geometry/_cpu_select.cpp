@@ -74,7 +74,7 @@ struct Block {
     uint8_t* complete;   // [m] out: 1 when the row's candidates are all in `cand`
     float* tau_out;      // [m] out: the threshold (for tests)
     const float* floor;  // [m] or null: a value row i's k-th best exact score is known to
-                         // reach (topk_within.py: the best k found in earlier tiles)
+                         // reach (topk_tiles.py: the best k found in earlier tiles)
 };
 
 void rows(const Block& p, int64_t r0, int64_t r1) {
