@@ -210,7 +210,8 @@ def topk_cosine(
             lo, r1 = max(start, r0), min(stop, r0 + bm)
             self_offset = lo if self_mode else None
             if run is None:
-                v, i = _exact_block(ta[lo:r1], tb, k, self_offset)
+                own = None if self_offset is None else torch.arange(lo, r1, device=dev)
+                v, i = exact_topk(ta[lo:r1], tb, k, own)
             else:
                 v, i, n_fb = run.block(ta[lo:r1], self_offset)
                 fallback_rows += n_fb
@@ -275,13 +276,6 @@ class _no_tf32:
         m.allow_tf32, m.allow_bf16_reduced_precision_reduction = self.saved
 
 
-def _mask_self(s: torch.Tensor, self_offset: int | None) -> None:
-    """Set the diagonal of a self-comparison block (rows r0.. vs all) to -inf, in place."""
-    if self_offset is not None:
-        rows = torch.arange(s.shape[0], device=s.device)
-        s[rows, rows + self_offset] = -torch.inf
-
-
 def _select(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of candidate (value, index) pairs per row: value descending, then index ascending."""
     order = torch.argsort(idx, dim=1, stable=True)
@@ -307,13 +301,21 @@ def _topk_rows(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _select(v, i, k)
 
 
-def _exact_block(
-    a: torch.Tensor, b: torch.Tensor, k: int, self_offset: int | None
+def exact_topk(
+    a: torch.Tensor, b: torch.Tensor, k: int, own: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 top-k of rows `a` [m, d] against all of `b` [n_b, d]."""
+    """float32 top-k of rows `a` [m, d] against all of `b` [n_b, d]: the float32 path's blocks
+    and every bf16 engine's fallback. `own` [m], if given: the column of each row's own index
+    (excluded). Where `b` has fewer than k rows, the missing places are (-inf, 0)."""
     s = a @ b.T
-    _mask_self(s, self_offset)
-    return _topk_rows(s, k)
+    if own is not None:
+        s[torch.arange(a.shape[0], device=a.device), own] = -torch.inf
+    kk = min(k, s.shape[1])
+    v, i = _topk_rows(s, kk)
+    if kk < k:
+        v = torch.cat([v, v.new_full((a.shape[0], k - kk), -torch.inf)], 1)
+        i = torch.cat([i, i.new_zeros((a.shape[0], k - kk))], 1)
+    return v, i
 
 
 # re-score gather buffer, in float32 elements: small on CPU (cache-friendly), large on GPUs
@@ -386,10 +388,7 @@ class _Bf16Bound:
         self, a: torch.Tensor, self_rows: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 top-k of the rows whose candidates overflowed; self_rows = their own indices."""
-        s = a @ self.b.T
-        if self_rows is not None:
-            s[torch.arange(a.shape[0], device=a.device), self_rows] = -torch.inf
-        return _topk_rows(s, self.k)
+        return exact_topk(a, self.b, self.k, self_rows)
 
 
 def _triton_scorer(b: torch.Tensor, k: int) -> _Bf16Bound:

@@ -45,7 +45,7 @@ from .topk import (
     _Bf16Bound,
     _Buffers,
     _select,
-    _topk_rows,
+    exact_topk,
     keep_groups,
     max_pairs,
     strided_layout,
@@ -170,12 +170,8 @@ class _Tiles:
         bad = (~complete).nonzero().squeeze(1)
         if bad.numel():  # float32 against this block, as the one-sided fallback does
             self.overflow += int(bad.numel())
-            exact = asking.rows[rows[bad]] @ b.T
-            if self_offset is not None:
-                exact[torch.arange(len(bad)), bad + self_offset] = -torch.inf
-            kk = min(k, exact.shape[1])
-            v[bad], i[bad] = (-torch.inf, 0)
-            v[bad, :kk], i[bad, :kk] = _topk_rows(exact, kk)
+            own = None if self_offset is None else bad + self_offset
+            v[bad], i[bad] = exact_topk(asking.rows[rows[bad]], b, k, own)
         asking.merge(rows, v, i + lo)
 
 
